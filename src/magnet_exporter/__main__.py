@@ -1,0 +1,5 @@
+"""`python -m magnet_exporter`."""
+
+from magnet_exporter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""Command line: argument parsing, the subcommands, and the wiring of the parts."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+import httpx
+import pydantic
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from pydantic import SecretStr
+
+from magnet_exporter import __version__
+from magnet_exporter.client import MagnetClient
+from magnet_exporter.collector import MagnetCollector
+from magnet_exporter.demo import DemoApiServer, SimulatedMagnet
+from magnet_exporter.logs import configure_logging
+from magnet_exporter.poller import Clock, Poller, PollMetrics
+from magnet_exporter.series import SessionSeries
+from magnet_exporter.server import ExporterApp, HttpServer
+from magnet_exporter.settings import FLAGS, Settings, describe_errors, split_listen_address
+
+log = logging.getLogger("magnet_exporter")
+
+EXIT_CHECK_FAILED = 1
+EXIT_CONFIG_ERROR = 2
+USER_AGENT = f"magnet-exporter/{__version__}"
+DEMO_API_ADDRESS = "127.0.0.1:9878"
+DEMO_API_KEY = SecretStr("demo")
+
+_OPTIONS: Sequence[tuple[str, type, str, str]] = (
+    ("api_url", str, "URL", "base URL of the Magnet API (default https://magnet.run)"),
+    ("organization_id", str, "ID", "organizationId to send (default: the key's organization)"),
+    ("organization", str, "NAME", "organization label (default: the id, else 'default')"),
+    ("poll_interval_seconds", float, "SECONDS", "seconds between polls, at least 5 (default 60)"),
+    ("request_timeout_seconds", float, "SECONDS", "timeout of one request (default 10)"),
+    ("stale_after_seconds", float, "SECONDS", "serve data no older than this (default 3 polls)"),
+    ("listen_address", str, "HOST:PORT", "HTTP listen address (default 0.0.0.0:9877)"),
+    (
+        "session_labels",
+        str,
+        "LIST",
+        "labels of the session metrics, of status, pr_status, "
+        "model, repository, author (default status,pr_status,model)",
+    ),
+    ("max_label_values", int, "N", "distinct values per label before 'other' (default 100)"),
+    ("log_level", str, "LEVEL", "debug, info, warning or error (default info)"),
+    ("log_format", str, "FORMAT", "logfmt or json (default logfmt)"),
+)
+
+
+def _exporter_options() -> argparse.ArgumentParser:
+    """Options shared by `run` and `check`; an option not given stays unset, so env applies."""
+    options = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for field, kind, metavar, text in _OPTIONS:
+        options.add_argument(FLAGS[field], dest=field, type=kind, metavar=metavar, help=text)
+    options.add_argument(
+        FLAGS["demo"], dest="demo", action="store_true", help="poll a built-in simulated API"
+    )
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full command line parser."""
+    shared = _exporter_options()
+    parser = argparse.ArgumentParser(
+        prog="magnet-exporter",
+        parents=[shared],
+        description="Prometheus exporter for Magnet. Every option also reads MAGNET_<NAME> from "
+        "the environment or a .env file; the API key is read only from MAGNET_API_KEY.",
+    )
+    parser.add_argument("--version", action="version", version=f"magnet-exporter {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", parents=[shared], help="serve metrics (the default)")
+    commands.add_parser(
+        "check", parents=[shared], help="poll once, print the metrics, exit 0 (or 1 on failure)"
+    )
+    demo_api = commands.add_parser("demo-api", help="run only the simulated Magnet API")
+    demo_api.add_argument("--listen-address", default=DEMO_API_ADDRESS, metavar="HOST:PORT")
+    demo_api.add_argument("--seed", type=int, default=0, help="seed of the simulated data")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `magnet-exporter` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    # `*_created` series double every counter and histogram for no use on a dashboard.
+    disable_created_metrics()
+    if args.command == "demo-api":
+        return run_demo_api(args.listen_address, args.seed)
+    overrides = {key: value for key, value in vars(args).items() if key in FLAGS}
+    try:
+        settings = Settings(**overrides)
+    except pydantic.ValidationError as error:
+        for line in describe_errors(error):
+            print(f"magnet-exporter: configuration error: {line}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "check":
+        return check(settings)
+    return serve(settings)
+
+
+class Exporter:
+    """The parts of a running exporter, wired together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.Client,
+        registry: CollectorRegistry,
+        clock: Clock = time.time,
+    ) -> None:
+        api_key = settings.api_key or DEMO_API_KEY
+        client = MagnetClient(http, settings.api_url, api_key, settings.organization_id)
+        series = SessionSeries(settings.session_labels, settings.max_label_values)
+        self.poller = Poller(
+            client,
+            series,
+            PollMetrics(registry),
+            settings.organization,
+            settings.poll_interval_seconds,
+            clock,
+        )
+        registry.register(
+            MagnetCollector(
+                lambda: self.poller.state, settings.organization, settings.stale_after, clock
+            )
+        )
+        self.app = ExporterApp(registry, lambda: self.poller.state, settings.organization)
+
+
+def http_client(settings: Settings) -> httpx.Client:
+    """Build the API's HTTP client: timeout, user agent, no redirects (they would carry the key)."""
+    return httpx.Client(
+        timeout=settings.request_timeout_seconds,
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+def check(settings: Settings) -> int:
+    """Poll once and print the exposition; print the reason and return 1 on failure."""
+    with _demo_api_if(settings) as settings, http_client(settings) as http:
+        registry = CollectorRegistry()
+        exporter = Exporter(settings, http, registry)
+        state = exporter.poller.poll_once()
+    if not state.up:
+        print(f"magnet-exporter check failed: {state.last_error}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    sys.stdout.write(generate_latest(registry).decode())
+    return 0
+
+
+@contextlib.contextmanager
+def _demo_api_if(settings: Settings) -> Iterator[Settings]:
+    """With --demo, run the simulated API in this process and point the settings at it."""
+    if not settings.demo:
+        yield settings
+        return
+    demo = DemoApiServer(SimulatedMagnet()).start()
+    log.info("demo mode: polling the built-in simulated Magnet API", extra={"api_url": demo.url})
+    try:
+        yield settings.model_copy(update={"api_url": demo.url})
+    finally:
+        demo.stop()
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def serve(settings: Settings) -> int:
+    """Poll in the background and serve HTTP until SIGTERM or SIGINT; return the exit code."""
+    stop = _stop_on_signals()
+    with _demo_api_if(settings) as settings:
+        http = http_client(settings)
+        exporter = Exporter(settings, http, CollectorRegistry())
+        host, port = settings.listen_host_port
+        try:
+            server = HttpServer(exporter.app, host, port)
+        except OSError as error:
+            log.error(
+                "cannot listen", extra={"address": settings.listen_address, "error": str(error)}
+            )
+            return EXIT_CONFIG_ERROR
+        server.start()
+        log.info(
+            "serving metrics",
+            extra={
+                "address": f"{host}:{server.port}",
+                "organization": settings.organization,
+                "api_url": settings.api_url,
+                "poll_interval_seconds": settings.poll_interval_seconds,
+                "version": __version__,
+            },
+        )
+        polling = threading.Thread(target=exporter.poller.run, args=(stop,), name="poller")
+        polling.daemon = True  # a poll stuck on the network must not delay the exit
+        polling.start()
+        while not stop.wait(0.5):
+            pass
+        server.stop()
+        polling.join(timeout=1.0)
+        if not polling.is_alive():
+            http.close()
+    return 0
+
+
+def run_demo_api(listen_address: str, seed: int) -> int:
+    """Serve only the simulated Magnet API until SIGTERM or SIGINT."""
+    configure_logging("info", "logfmt")
+    try:
+        host, port = split_listen_address(listen_address)
+    except ValueError as error:
+        print(f"magnet-exporter: configuration error: --listen-address: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    stop = _stop_on_signals()
+    demo = DemoApiServer(SimulatedMagnet(seed=seed), host, port).start()
+    log.info("simulated Magnet API listening", extra={"url": demo.url, "seed": seed})
+    while not stop.wait(0.5):
+        pass
+    demo.stop()
+    return 0

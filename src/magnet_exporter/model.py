@@ -1,0 +1,216 @@
+"""The List Sessions response schema (only the fields we use) and bytes -> Snapshot."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from operator import itemgetter
+from types import MappingProxyType
+from typing import cast
+
+import pydantic
+from typing_extensions import NotRequired, TypedDict
+
+from magnet_exporter.client import Outcome, PollError
+
+SESSION_LABELS = ("status", "pr_status", "model", "repository", "author")
+MISSING_VALUES: Mapping[str, str] = {
+    "status": "unknown",
+    "pr_status": "none",
+    "model": "unknown",
+    "repository": "none",
+    "author": "unknown",
+}
+"""The value each session label takes when its field is missing or null."""
+STATS_FIELDS = ("mergesPastWeek", "authorsPastWeek", "humansPastWeek", "humansPromptingNow")
+MAX_LABEL_LENGTH = 128
+
+
+# Only the fields the exporter reads: pydantic ignores the rest without building them.
+class _Author(TypedDict, total=False):
+    id: str | None
+
+
+class _Metadata(TypedDict, total=False):
+    repository: str | None
+    prStatus: str | None
+
+
+class _Session(TypedDict, total=False):
+    status: str | None
+    model: str | None
+    createdAt: datetime | None
+    updatedAt: datetime | None
+    author: _Author | None
+    metadata: _Metadata | None
+    messageCount: int | None
+
+
+class _Stats(TypedDict, total=False):
+    mergesPastWeek: float | None
+    authorsPastWeek: float | None
+    humansPastWeek: float | None
+    humansPromptingNow: float | None
+
+
+class _Response(TypedDict):
+    sessions: list[_Session]
+    stats: NotRequired[_Stats | None]
+
+
+_RESPONSE = pydantic.TypeAdapter(_Response)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionGroup:
+    """Sessions that share one combination of label values."""
+
+    count: int
+    messages: int
+
+    def __add__(self, other: SessionGroup) -> SessionGroup:
+        """Sessions of both groups together."""
+        return SessionGroup(self.count + other.count, self.messages + other.messages)
+
+
+NO_SESSIONS = SessionGroup(0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """One successful poll, reduced to what the metrics need."""
+
+    stats: Mapping[str, float]
+    """The `stats` fields present in the response, by API field name."""
+    label_names: tuple[str, ...]
+    sessions: Mapping[tuple[str, ...], SessionGroup]
+    """Session count and message sum by label values, in the order of `label_names`."""
+    last_created: float | None
+    last_updated: float | None
+
+
+# The place of each label's field in a raw key, as built by `_count_raw`.
+_RAW_POSITION = {"status": 0, "pr_status": 1, "model": 2, "repository": 3, "author": 4}
+# Statuses are an enumeration in the API: "Completed " and "completed" are one value.
+_LOWER_CASED = frozenset({"status", "pr_status"})
+
+
+def _label_value(name: str, raw: str | None) -> str:
+    value = raw.strip() if raw is not None else ""
+    if not value:
+        return MISSING_VALUES[name]
+    return (value.lower() if name in _LOWER_CASED else value)[:MAX_LABEL_LENGTH]
+
+
+_RawKey = tuple[str | None, ...]
+_Timestamps = tuple[list[datetime], list[datetime]]
+
+
+def _count_raw(
+    sessions: list[_Session], label_names: Sequence[str]
+) -> tuple[dict[_RawKey, list[int]], _Timestamps]:
+    """Count sessions and messages by the raw values of the labels; the one pass, kept lean."""
+    project = _projection([_RAW_POSITION[name] for name in label_names])
+    counts: dict[_RawKey, list[int]] = {}
+    created: list[datetime] = []
+    updated: list[datetime] = []
+    for session in sessions:
+        metadata = session.get("metadata") or {}
+        author = session.get("author") or {}
+        key = project(
+            (
+                session.get("status"),
+                metadata.get("prStatus"),
+                session.get("model"),
+                metadata.get("repository"),
+                author.get("id"),
+            )
+        )
+        group = counts.get(key)
+        if group is None:
+            group = counts[key] = [0, 0]
+        group[0] += 1
+        group[1] += session.get("messageCount") or 0
+        if (moment := session.get("createdAt")) is not None:
+            created.append(moment)
+        if (moment := session.get("updatedAt")) is not None:
+            updated.append(moment)
+    return counts, (created, updated)
+
+
+def _projection(indices: list[int]) -> Callable[[_RawKey], _RawKey]:
+    if len(indices) == 1:  # itemgetter with one index returns the item, not a tuple
+        (index,) = indices
+        return lambda raw: (raw[index],)
+    return itemgetter(*indices)
+
+
+def _label_key(raw: _RawKey, label_names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(_label_value(name, value) for name, value in zip(label_names, raw, strict=True))
+
+
+def _newest(moments: list[datetime]) -> float | None:
+    if not moments:
+        return None
+    try:
+        newest = max(moments)
+    except TypeError:  # naive and aware timestamps mixed: compare them all as UTC
+        newest = max(moments, key=_epoch)
+    return _epoch(newest)
+
+
+def _epoch(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)  # the API speaks UTC
+    return moment.timestamp()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a body is turned into a snapshot.
+
+    Validation allocates about a million acyclic objects in one burst; CPython's collector would
+    walk the growing heap several times over for nothing, which costs more than the parsing.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def parse_snapshot(body: bytes, label_names: Sequence[str]) -> Snapshot:
+    """Validate a List Sessions body and aggregate it in one pass, or raise `PollError`."""
+    with _gc_paused():
+        try:
+            response = _RESPONSE.validate_json(body)
+        except pydantic.ValidationError as exc:
+            raise PollError(Outcome.INVALID_RESPONSE, _describe_invalid(exc)) from None
+        raw_counts, (created, updated) = _count_raw(response["sessions"], label_names)
+        stats = cast("Mapping[str, float | None]", response.get("stats") or {})
+        del response  # per-session objects are not kept past this point
+    sessions: dict[tuple[str, ...], SessionGroup] = {}
+    for raw, (count, messages) in raw_counts.items():
+        key = _label_key(raw, label_names)  # distinct raw values may clean to the same label
+        sessions[key] = sessions.get(key, NO_SESSIONS) + SessionGroup(count, messages)
+    return Snapshot(
+        stats=MappingProxyType(
+            {field: float(v) for field in STATS_FIELDS if (v := stats.get(field)) is not None}
+        ),
+        label_names=tuple(label_names),
+        sessions=MappingProxyType(sessions),
+        last_created=_newest(created),
+        last_updated=_newest(updated),
+    )
+
+
+def _describe_invalid(exc: pydantic.ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid response: {where}: {first['msg']}{more}"

@@ -1,0 +1,152 @@
+"""The exporter's settings: one pydantic-settings class, read from flags, environment and `.env`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import httpx
+import pydantic
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from magnet_exporter.model import SESSION_LABELS
+
+MIN_POLL_INTERVAL_SECONDS = 5.0
+DEMO_POLL_INTERVAL_SECONDS = 5.0
+
+FLAGS = {
+    "api_url": "--api-url",
+    "organization_id": "--organization-id",
+    "organization": "--organization",
+    "poll_interval_seconds": "--poll-interval",
+    "request_timeout_seconds": "--request-timeout",
+    "stale_after_seconds": "--stale-after",
+    "listen_address": "--listen-address",
+    "session_labels": "--session-labels",
+    "max_label_values": "--max-label-values",
+    "log_level": "--log-level",
+    "log_format": "--log-format",
+    "demo": "--demo",
+}
+"""The command-line flag of each setting; the API key has none on purpose (flags show in `ps`)."""
+
+
+class Settings(BaseSettings):
+    """Everything the exporter can be told: flags win over environment, environment over `.env`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAGNET_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    api_url: str = "https://magnet.run"
+    api_key: SecretStr | None = None
+    organization_id: str | None = None
+    organization: str = ""
+    poll_interval_seconds: float = Field(default=60.0, ge=MIN_POLL_INTERVAL_SECONDS)
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+    stale_after_seconds: float | None = Field(default=None, gt=0)
+    listen_address: str = "0.0.0.0:9877"
+    session_labels: Annotated[tuple[str, ...], NoDecode] = ("status", "pr_status", "model")
+    max_label_values: int = Field(default=100, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["logfmt", "json"] = "logfmt"
+    demo: bool = False
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            raise ValueError("not a valid URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("listen_address")
+    @classmethod
+    def _check_listen_address(cls, value: str) -> str:
+        split_listen_address(value)
+        return value
+
+    @field_validator("session_labels", mode="before")
+    @classmethod
+    def _split_labels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("session_labels")
+    @classmethod
+    def _check_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [label for label in value if label not in SESSION_LABELS]
+        if unknown:
+            raise ValueError(
+                f"unknown label {', '.join(unknown)}; choose from {', '.join(SESSION_LABELS)}"
+            )
+        if not value:
+            raise ValueError("needs at least one label")
+        if len(set(value)) != len(value):
+            raise ValueError("names a label twice")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if self.api_key is None and not self.demo:
+            raise ValueError("MAGNET_API_KEY is required (or run with --demo)")
+        if not self.organization:
+            object.__setattr__(self, "organization", self.organization_id or "default")
+        if self.demo and "poll_interval_seconds" not in self.model_fields_set:
+            object.__setattr__(self, "poll_interval_seconds", DEMO_POLL_INTERVAL_SECONDS)
+        if self.stale_after_seconds is None:
+            object.__setattr__(self, "stale_after_seconds", 3 * self.poll_interval_seconds)
+        elif self.stale_after_seconds < self.poll_interval_seconds:
+            raise ValueError(
+                "MAGNET_STALE_AFTER_SECONDS (--stale-after) must be at least the poll interval"
+            )
+        return self
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds after which the last good data is no longer served."""
+        assert self.stale_after_seconds is not None  # filled in by the validator  # noqa: S101
+        return self.stale_after_seconds
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        """The listen address, split."""
+        return split_listen_address(self.listen_address)
+
+
+def split_listen_address(address: str) -> tuple[str, int]:
+    """Split `host:port` or `[v6-host]:port`; raise ValueError when it cannot be."""
+    host, sep, port_text = address.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("must be HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:9877")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port_text)
+
+
+def describe_errors(error: pydantic.ValidationError) -> list[str]:
+    """One line per problem, each naming the environment variable and flag of the setting."""
+    lines = []
+    for problem in error.errors(include_url=False, include_input=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["loc"]:
+            field = str(problem["loc"][0])
+            flag = FLAGS.get(field)
+            name = f"MAGNET_{field.upper()}" + (f" ({flag})" if flag else "")
+            lines.append(f"{name}: {message}")
+        else:
+            lines.append(message)
+    return lines
