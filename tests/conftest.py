@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules: free ports and a demo exporter in a subprocess."""
+"""Shared test fixtures: ports, the simulated API, exporters in and out of process."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from magnet_exporter.cli import Exporter, http_client
+from magnet_exporter.demo import DemoApiServer, SimulatedMagnet
+from magnet_exporter.poller import PollState
+from magnet_exporter.server import HttpServer
+from magnet_exporter.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +62,7 @@ def demo_exporter(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "exporter.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "magnet_exporter", "--demo", "--listen-address", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "magnet_exporter", "--demo", f"--listen-address=127.0.0.1:{port}"],
         cwd=tmp_path,
         env=exporter_env(),
         stdout=log,
@@ -71,3 +80,109 @@ def demo_exporter(tmp_path: Path) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+SECRET_KEY = "mgk_live_TOPSECRET_4f9c2e7a"
+"""The API key the tests use: it must never show up in logs, pages, metrics or errors."""
+
+FIXED_NOW = 1_795_000_000.0
+"""A fixed moment for the simulator, so its answers can be compared with what is exported."""
+
+
+class FakeClock:
+    """A wall clock that moves only when told to."""
+
+    def __init__(self, now: float = FIXED_NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def sim_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def simulator(sim_clock: FakeClock) -> Iterator[DemoApiServer]:
+    """The simulated Magnet API on a free loopback port, at a fixed time."""
+    server = DemoApiServer(SimulatedMagnet(seed=7, clock=sim_clock)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class RunningExporter:
+    """An exporter wired as in production, served over HTTP; polls only when told to."""
+
+    def __init__(self, settings: Settings, clock: FakeClock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.http = http_client(settings)
+        self.registry = CollectorRegistry()
+        self.exporter = Exporter(settings, self.http, self.registry, clock)
+        self.server = HttpServer(self.exporter.app, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+
+    def poll(self) -> PollState:
+        return self.exporter.poller.poll_once()
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=5)
+
+    def metrics(self) -> dict[str, list[Sample]]:
+        """The samples on /metrics, parsed by prometheus-client, by metric family name."""
+        response = self.get("/metrics")
+        assert response.status_code == 200
+        families = text_string_to_metric_families(response.text)
+        return {family.name: list(family.samples) for family in families}
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The value of the one sample called `name` whose labels include `labels`."""
+        found = [
+            s.value
+            for samples in self.metrics().values()
+            for s in samples
+            if s.name == name and labels.items() <= s.labels.items()
+        ]
+        assert len(found) <= 1, f"{name}{labels} matches {len(found)} samples"
+        return found[0] if found else None
+
+
+def make_settings(**values: object) -> Settings:
+    """Settings from keyword arguments only: no environment, no .env file."""
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def exporter_factory(
+    simulator: DemoApiServer,
+) -> Iterator[Callable[..., RunningExporter]]:
+    """Build exporters against the simulator (or elsewhere); all are stopped at the end."""
+    running: list[RunningExporter] = []
+
+    def build(clock: FakeClock | None = None, **values: object) -> RunningExporter:
+        values.setdefault("api_url", simulator.url)
+        values.setdefault("api_key", SECRET_KEY)
+        exporter = RunningExporter(make_settings(**values), clock or FakeClock())
+        exporter.server.start()
+        running.append(exporter)
+        return exporter
+
+    try:
+        yield build
+    finally:
+        for exporter in running:
+            exporter.server.stop()
+            exporter.http.close()
+
+
+@pytest.fixture
+def exporter(exporter_factory: Callable[..., RunningExporter]) -> RunningExporter:
+    """An exporter with default settings against the simulator."""
+    return exporter_factory()

@@ -92,6 +92,12 @@ class MagnetClient:
             response = self._http.get(self._url, params=self._params, headers=headers)
         except httpx.TimeoutException as exc:
             raise PollError(Outcome.TIMEOUT, f"timed out: {_describe(exc)}") from None
+        except httpx.LocalProtocolError:
+            # h11 quotes the offending header value, which would be the key: never pass it on.
+            raise PollError(
+                Outcome.CONNECTION_ERROR,
+                "request not sent: a header value is not allowed in HTTP; check MAGNET_API_KEY",
+            ) from None
         except httpx.TransportError as exc:
             raise PollError(
                 Outcome.CONNECTION_ERROR, f"connection failed: {_describe(exc)}"

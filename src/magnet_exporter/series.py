@@ -29,18 +29,15 @@ class SessionSeries:
     def __init__(self, label_names: Sequence[str], max_label_values: int) -> None:
         self.label_names = tuple(label_names)
         self._max = max_label_values
+        # The values of the zero series are admitted from the start: they are exported too.
         self._admitted: list[dict[str, None]] = [
-            dict.fromkeys(DOCUMENTED_VALUES.get(name, ())[:max_label_values])
+            dict.fromkeys(
+                (DOCUMENTED_VALUES.get(name) or (MISSING_VALUES[name],))[:max_label_values]
+            )
             for name in self.label_names
         ]
         self._overflowing: set[str] = set()
-        self._known: dict[tuple[str, ...], None] = dict.fromkeys(self._zero_series())
-
-    def _zero_series(self) -> list[tuple[str, ...]]:
-        choices = [
-            DOCUMENTED_VALUES.get(name) or (MISSING_VALUES[name],) for name in self.label_names
-        ]
-        return list(itertools.product(*choices))
+        self._known: dict[tuple[str, ...], None] = dict.fromkeys(itertools.product(*self._admitted))
 
     def stabilize(self, snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
         """Fold values past the limit into `other` and add every known series at 0.

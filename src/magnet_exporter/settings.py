@@ -67,6 +67,19 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL with a host")
         return value.rstrip("/")
 
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()  # a key file or a copy-paste brings a newline
+        if not key:
+            raise ValueError("is empty")
+        if not all(" " < char < "\x7f" for char in key):
+            # Never quote the key: say what is wrong with it, not what it is.
+            raise ValueError("contains spaces, control or non-ASCII characters")
+        return SecretStr(key)
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:

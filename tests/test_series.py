@@ -1,0 +1,89 @@
+"""Series stability (zero-fill, sticky series) and the cardinality guard."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from magnet_exporter.model import SessionGroup, Snapshot
+from magnet_exporter.series import OTHER, SessionSeries
+
+
+def snapshot(labels: tuple[str, ...], groups: dict[tuple[str, ...], SessionGroup]) -> Snapshot:
+    return Snapshot(
+        stats=MappingProxyType({}),
+        label_names=labels,
+        sessions=MappingProxyType(groups),
+        last_created=None,
+        last_updated=None,
+    )
+
+
+def test_every_documented_status_and_pr_status_has_a_series_from_the_first_poll() -> None:
+    series = SessionSeries(("status", "pr_status", "model"), 100)
+    stable, _ = series.stabilize(snapshot(("status", "pr_status", "model"), {}))
+    statuses = {key[0] for key in stable.sessions}
+    pr_statuses = {key[1] for key in stable.sessions}
+    assert statuses == {"active", "completed", "failed"}
+    assert pr_statuses == {"none", "open", "draft", "merged", "closed"}
+    assert all(group == SessionGroup(0, 0) for group in stable.sessions.values())
+    # Labels without documented values take their missing-field value in the zero series.
+    assert {key[2] for key in stable.sessions} == {"unknown"}
+
+
+def test_real_counts_sit_beside_the_zero_series() -> None:
+    series = SessionSeries(("status",), 100)
+    stable, _ = series.stabilize(snapshot(("status",), {("active",): SessionGroup(3, 9)}))
+    assert dict(stable.sessions) == {
+        ("active",): SessionGroup(3, 9),
+        ("completed",): SessionGroup(0, 0),
+        ("failed",): SessionGroup(0, 0),
+    }
+
+
+def test_a_series_once_exported_stays_at_zero() -> None:
+    series = SessionSeries(("status", "model"), 100)
+    series.stabilize(snapshot(("status", "model"), {("active", "m1"): SessionGroup(1, 1)}))
+    stable, _ = series.stabilize(
+        snapshot(("status", "model"), {("failed", "m2"): SessionGroup(2, 5)})
+    )
+    assert stable.sessions[("active", "m1")] == SessionGroup(0, 0)
+    assert stable.sessions[("failed", "m2")] == SessionGroup(2, 5)
+
+
+def test_values_past_the_limit_count_as_other_and_admitted_ones_stay() -> None:
+    series = SessionSeries(("model",), 3)  # "unknown" (no model) is one of the three
+    first = {("m1",): SessionGroup(5, 0), ("m2",): SessionGroup(3, 0), ("m3",): SessionGroup(1, 7)}
+    stable, overflowing = series.stabilize(snapshot(("model",), first))
+    assert overflowing == ["model"]
+    assert dict(stable.sessions) == {
+        ("unknown",): SessionGroup(0, 0),
+        ("m1",): SessionGroup(5, 0),
+        ("m2",): SessionGroup(3, 0),
+        (OTHER,): SessionGroup(1, 7),
+    }
+    # Later, a newcomer that is now the most frequent still cannot push out an admitted value.
+    later = {("m9",): SessionGroup(50, 0), ("m2",): SessionGroup(1, 0), ("m4",): SessionGroup(2, 0)}
+    stable, overflowing = series.stabilize(snapshot(("model",), later))
+    assert overflowing == []  # reported once, when it starts
+    assert stable.sessions[(OTHER,)] == SessionGroup(52, 0)
+    assert stable.sessions[("m1",)] == SessionGroup(0, 0)
+    assert stable.sessions[("m2",)] == SessionGroup(1, 0)
+    assert ("m9",) not in stable.sessions
+
+
+def test_the_most_frequent_values_are_admitted_first() -> None:
+    series = SessionSeries(("repository",), 3)  # "none" (no repository) is one of the three
+    groups = {(f"r{i}",): SessionGroup(i, 0) for i in range(1, 6)}
+    stable, _ = series.stabilize(snapshot(("repository",), groups))
+    assert set(stable.sessions) == {("none",), ("r5",), ("r4",), (OTHER,)}
+    assert stable.sessions[(OTHER,)] == SessionGroup(1 + 2 + 3, 0)
+
+
+def test_the_guard_counts_values_per_label() -> None:
+    series = SessionSeries(("status", "author"), 4)
+    groups = {("active", f"u{i}"): SessionGroup(1, 0) for i in range(10)}
+    stable, overflowing = series.stabilize(snapshot(("status", "author"), groups))
+    assert overflowing == ["author"]
+    authors = {key[1] for key in stable.sessions}
+    assert len(authors - {OTHER}) == 4  # "unknown" and three ids
+    assert sum(g.count for g in stable.sessions.values()) == 10  # nothing is lost
