@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -23,6 +23,9 @@ from magnet_exporter.server import HttpServer
 from magnet_exporter.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# As `magnet-exporter` does at start: no `*_created` series.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def free_port() -> int:
