@@ -6,8 +6,8 @@ import collections
 import logging
 import shutil
 import subprocess
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
