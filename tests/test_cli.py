@@ -1,0 +1,204 @@
+"""The command line in a real subprocess: help, version, configuration errors, check, shutdown."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import SECRET_KEY, exporter_env, free_port, wait_for_status
+from prometheus_client.parser import text_string_to_metric_families
+
+from magnet_exporter import __version__
+from magnet_exporter.demo import DemoApiServer, Fault
+from magnet_exporter.settings import FLAGS
+
+COMMAND = [sys.executable, "-m", "magnet_exporter"]
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args],
+        cwd=cwd,
+        env=exporter_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run(["--version"], tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"magnet-exporter {__version__}"
+
+
+def test_help_documents_every_option(tmp_path: Path) -> None:
+    result = run(["--help"], tmp_path)
+    assert result.returncode == 0
+    for flag in FLAGS.values():
+        assert flag in result.stdout
+    for command in ("check", "demo-api"):
+        assert command in result.stdout
+    assert "MAGNET_API_KEY" in result.stdout
+    assert "--api-key" not in result.stdout  # a key on the command line shows in `ps`
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {}, ["MAGNET_API_KEY is required"]),
+        (["--poll-interval", "2"], {"MAGNET_API_KEY": "k"}, ["MAGNET_POLL_INTERVAL_SECONDS"]),
+        (["--session-labels", "status,title"], {"MAGNET_API_KEY": "k"}, ["MAGNET_SESSION_LABELS"]),
+        (
+            [],
+            {"MAGNET_API_KEY": "k", "MAGNET_LISTEN_ADDRESS": "nowhere"},
+            ["MAGNET_LISTEN_ADDRESS"],
+        ),
+        (
+            ["check", "--log-format", "xml"],
+            {"MAGNET_API_KEY": "k", "MAGNET_MAX_LABEL_VALUES": "-1"},
+            ["MAGNET_MAX_LABEL_VALUES", "MAGNET_LOG_FORMAT"],
+        ),
+    ],
+)
+def test_bad_configuration_exits_2_naming_each_setting(
+    tmp_path: Path, args: list[str], env: dict[str, str], expected: list[str]
+) -> None:
+    result = run(args, tmp_path, **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(expected)
+    for line, setting in zip(lines, expected, strict=True):
+        assert line.startswith(f"magnet-exporter: configuration error: {setting}")
+
+
+def test_dotenv_file_is_read(tmp_path: Path, simulator: DemoApiServer) -> None:
+    (tmp_path / ".env").write_text(f"MAGNET_API_KEY={SECRET_KEY}\nMAGNET_API_URL={simulator.url}\n")
+    result = run(["check"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert simulator.last_headers["x-api-key"] == SECRET_KEY
+
+
+def test_check_prints_the_metrics(tmp_path: Path, simulator: DemoApiServer) -> None:
+    result = run(["check", "--api-url", simulator.url], tmp_path, MAGNET_API_KEY=SECRET_KEY)
+    assert result.returncode == 0, result.stderr
+    families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
+    assert families["magnet_up"].samples[0].value == 1
+    assert sum(s.value for s in families["magnet_sessions"].samples) > 0
+    assert SECRET_KEY not in result.stdout + result.stderr
+
+
+def test_check_reports_a_rejected_key(tmp_path: Path, simulator: DemoApiServer) -> None:
+    simulator.fault = Fault(status=401, body=b'{"error": "Unauthorized"}')
+    result = run(["check", "--api-url", simulator.url], tmp_path, MAGNET_API_KEY=SECRET_KEY)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == (
+        "magnet-exporter check failed: 401 Unauthorized: check MAGNET_API_KEY"
+    )
+    assert SECRET_KEY not in result.stderr
+
+
+def test_check_in_demo_mode_needs_no_key(tmp_path: Path) -> None:
+    result = run(["check", "--demo"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "magnet_humans_prompting{" in result.stdout
+
+
+def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*COMMAND, *args],
+        cwd=cwd,
+        env=exporter_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_within(process: subprocess.Popen[str], signum: int, seconds: float) -> float:
+    """Send `signum`, wait for the exit; return how long it took (the process is always reaped)."""
+    sent = time.monotonic()
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"no exit within {seconds}s of {signal.Signals(signum).name}")
+    return time.monotonic() - sent
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_demo_cleanly(tmp_path: Path, signum: int) -> None:
+    port = free_port()
+    process = start(["--demo", "--listen-address", f"127.0.0.1:{port}"], tmp_path)
+    try:
+        wait_for_status(f"http://127.0.0.1:{port}/-/ready", 200, timeout=15)
+        stop_within(process, signum, 2.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert process.returncode == 0, stderr
+    assert "shutting down" in stderr
+
+
+def test_sigterm_in_the_middle_of_a_slow_poll(tmp_path: Path, simulator: DemoApiServer) -> None:
+    simulator.fault = Fault(status=200, body=b'{"sessions": []}', delay=20)
+    port = free_port()
+    process = start(
+        [
+            "--api-url",
+            simulator.url,
+            "--listen-address",
+            f"127.0.0.1:{port}",
+            "--request-timeout",
+            "30",
+        ],
+        tmp_path,
+        MAGNET_API_KEY=SECRET_KEY,
+    )
+    try:
+        wait_for_status(f"http://127.0.0.1:{port}/-/healthy", 200, timeout=15)
+        deadline = time.monotonic() + 10
+        while simulator.requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert simulator.requests == 1  # the poll is now waiting on the slow answer
+        stop_within(process, signal.SIGTERM, 2.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert process.returncode == 0, stderr
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/-/healthy", timeout=1)
+
+
+def test_port_in_use_is_reported(tmp_path: Path, demo_exporter: str) -> None:
+    taken = demo_exporter.removeprefix("http://")
+    result = run(["--demo", "--listen-address", taken], tmp_path)
+    assert result.returncode == 2
+    assert "cannot listen" in result.stderr
+
+
+def test_demo_api_command_serves_the_simulator(tmp_path: Path) -> None:
+    port = free_port()
+    process = start(["demo-api", "--listen-address", f"127.0.0.1:{port}", "--seed", "3"], tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/api/sessions"
+        wait_for_status(url, 401, timeout=15)  # no key: refused, as the real API does
+        answer = httpx.get(url, headers={"x-api-key": "anything"}, timeout=5)
+        assert answer.status_code == 200
+        assert len(answer.json()["sessions"]) > 0
+        stop_within(process, signal.SIGTERM, 2.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    assert process.returncode == 0
