@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     stale_after_seconds: float | None = Field(default=None, gt=0)
     listen_address: str = "0.0.0.0:9877"
     session_labels: Annotated[tuple[str, ...], NoDecode] = ("status", "pr_status", "model")
-    max_label_values: int = Field(default=100, ge=1)
+    # Five: every documented PR status must fit, or zero series would fold into `other`.
+    max_label_values: int = Field(default=100, ge=5)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
     demo: bool = False
