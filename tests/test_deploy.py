@@ -465,6 +465,7 @@ def test_image_install_path_builds_installs_and_serves_metrics(tmp_path: Path) -
             [str(runtime_python), "-c", CLOSURE_SCRIPT],
             capture_output=True,
             text=True,
+            env=clean_env(),
             check=True,
             timeout=60,
         ).stdout
