@@ -19,6 +19,12 @@ from magnet_exporter.model import parse_snapshot
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "api" / "list-sessions.example.json"
 BUDGET = 0.6
+PR_STATUSES = ["open", "draft", "merged", "closed"]
+
+
+def moment(rng: random.Random, minute: int) -> str:
+    """A timestamp in November 2026, in the API's format."""
+    return f"2026-11-{rng.randint(1, 27):02d}T{rng.randint(0, 23):02d}:{minute:02d}:00.000Z"
 
 
 def build_body(sessions: int, seed: int = 1) -> bytes:
@@ -37,21 +43,30 @@ def build_body(sessions: int, seed: int = 1) -> bytes:
                 "id": f"cm{index:010d}",
                 **template,
                 "status": rng.choice(["active", "completed", "completed", "failed"]),
-                "createdAt": f"2026-11-{rng.randint(1, 27):02d}T{rng.randint(0, 23):02d}:30:00.000Z",
-                "updatedAt": f"2026-11-{rng.randint(1, 27):02d}T{rng.randint(0, 23):02d}:45:00.000Z",
+                "createdAt": moment(rng, minute=30),
+                "updatedAt": moment(rng, minute=45),
                 "model": rng.choice(["claude-opus-4-6", "claude-sonnet-4-6", "gpt-5"]),
-                "author": {"id": f"user_{rng.randint(1, 50)}", "name": "Alice Chen", "imageUrl": ""},
+                "author": {
+                    "id": f"user_{rng.randint(1, 50)}",
+                    "name": "Alice Chen",
+                    "imageUrl": "",
+                },
                 "metadata": {
                     "repository": f"acme/repo-{rng.randint(1, 20)}",
                     "branch": f"agent/change-{index}",
                     "prNumber": index if has_pr else None,
                     "prUrl": f"https://github.com/acme/web-app/pull/{index}" if has_pr else None,
-                    "prStatus": rng.choice(["open", "draft", "merged", "closed"]) if has_pr else None,
+                    "prStatus": rng.choice(PR_STATUSES) if has_pr else None,
                 },
                 "messageCount": rng.randint(1, 80),
             }
         )
-    stats = {"mergesPastWeek": 8, "authorsPastWeek": 3, "humansPastWeek": 5, "humansPromptingNow": 1}
+    stats = {
+        "mergesPastWeek": 8,
+        "authorsPastWeek": 3,
+        "humansPastWeek": 5,
+        "humansPromptingNow": 1,
+    }
     if EXAMPLE.exists():
         stats = json.loads(EXAMPLE.read_bytes())["stats"]
     return json.dumps({"sessions": items, "stats": stats}).encode()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
 from types import MappingProxyType
-from typing import cast
+from typing import Annotated, Any, cast
 
 import pydantic
 from typing_extensions import NotRequired, TypedDict
@@ -29,24 +29,25 @@ STATS_FIELDS = ("mergesPastWeek", "authorsPastWeek", "humansPastWeek", "humansPr
 MAX_LABEL_LENGTH = 128
 
 
-# Only the fields the exporter reads: pydantic ignores the rest without building them.
-class _Author(TypedDict, total=False):
-    id: str | None
+def _field(path: str | None = None) -> Any:
+    """Declare a session field that may be missing or null (then None), maybe at a nested path."""
+    if path is None:
+        return pydantic.Field(default=None)
+    return pydantic.Field(default=None, validation_alias=pydantic.AliasPath(*path.split(".")))
 
 
-class _Metadata(TypedDict, total=False):
-    repository: str | None
-    prStatus: str | None
-
-
-class _Session(TypedDict, total=False):
-    status: str | None
-    model: str | None
-    createdAt: datetime | None
-    updatedAt: datetime | None
-    author: _Author | None
-    metadata: _Metadata | None
-    messageCount: int | None
+# Only the fields the exporter reads, flattened, and named after the labels they feed:
+# pydantic skips the rest of the body without building anything for it, and nested values
+# are picked out without building the `metadata` and `author` objects around them.
+class _Session(TypedDict):
+    status: Annotated[str | None, _field()]
+    pr_status: Annotated[str | None, _field("metadata.prStatus")]
+    model: Annotated[str | None, _field()]
+    repository: Annotated[str | None, _field("metadata.repository")]
+    author: Annotated[str | None, _field("author.id")]
+    createdAt: Annotated[datetime | None, _field()]
+    updatedAt: Annotated[datetime | None, _field()]
+    messageCount: Annotated[int | None, _field()]
 
 
 class _Stats(TypedDict, total=False):
@@ -92,8 +93,6 @@ class Snapshot:
     last_updated: float | None
 
 
-# The place of each label's field in a raw key, as built by `_count_raw`.
-_RAW_POSITION = {"status": 0, "pr_status": 1, "model": 2, "repository": 3, "author": 4}
 # Statuses are an enumeration in the API: "Completed " and "completed" are one value.
 _LOWER_CASED = frozenset({"status", "pr_status"})
 
@@ -112,40 +111,30 @@ _Timestamps = tuple[list[datetime], list[datetime]]
 def _count_raw(
     sessions: list[_Session], label_names: Sequence[str]
 ) -> tuple[dict[_RawKey, list[int]], _Timestamps]:
-    """Count sessions and messages by the raw values of the labels; the one pass, kept lean."""
-    project = _projection([_RAW_POSITION[name] for name in label_names])
+    """Count sessions and messages by the raw values of the labels: the one pass, kept lean."""
+    raw_key = _key_getter(label_names)
     counts: dict[_RawKey, list[int]] = {}
     created: list[datetime] = []
     updated: list[datetime] = []
     for session in sessions:
-        metadata = session.get("metadata") or {}
-        author = session.get("author") or {}
-        key = project(
-            (
-                session.get("status"),
-                metadata.get("prStatus"),
-                session.get("model"),
-                metadata.get("repository"),
-                author.get("id"),
-            )
-        )
+        key = raw_key(session)
         group = counts.get(key)
         if group is None:
             group = counts[key] = [0, 0]
         group[0] += 1
-        group[1] += session.get("messageCount") or 0
-        if (moment := session.get("createdAt")) is not None:
+        group[1] += session["messageCount"] or 0
+        if (moment := session["createdAt"]) is not None:
             created.append(moment)
-        if (moment := session.get("updatedAt")) is not None:
+        if (moment := session["updatedAt"]) is not None:
             updated.append(moment)
     return counts, (created, updated)
 
 
-def _projection(indices: list[int]) -> Callable[[_RawKey], _RawKey]:
-    if len(indices) == 1:  # itemgetter with one index returns the item, not a tuple
-        (index,) = indices
-        return lambda raw: (raw[index],)
-    return itemgetter(*indices)
+def _key_getter(label_names: Sequence[str]) -> Callable[[_Session], _RawKey]:
+    if len(label_names) == 1:  # itemgetter with one name returns the value, not a tuple
+        (name,) = label_names
+        return lambda session: (session[name],)  # type: ignore[literal-required]
+    return itemgetter(*label_names)
 
 
 def _label_key(raw: _RawKey, label_names: Sequence[str]) -> tuple[str, ...]:
