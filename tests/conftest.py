@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -59,30 +60,46 @@ def exporter_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def background_process(
+    command: list[str], log_path: Path, ready_url: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `command` with its output in `log_path`, wait until `ready_url` answers 200.
+
+    The process is always stopped at the end (SIGTERM, then SIGKILL after 5 s), also when
+    it never got ready or the test failed.
+    """
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=log_path.parent, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for_status(ready_url, 200, timeout=15)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 @pytest.fixture
 def demo_exporter(tmp_path: Path) -> Iterator[str]:
     """Run `magnet-exporter --demo` in a subprocess on a free port; yield its base URL."""
-    port = free_port()
-    log = (tmp_path / "exporter.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "magnet_exporter", "--demo", f"--listen-address=127.0.0.1:{port}"],
-        cwd=tmp_path,
-        env=exporter_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_status(f"{base_url}/-/ready", 200, timeout=15)
+    base_url = f"http://127.0.0.1:{free_port()}"
+    command = [
+        sys.executable,
+        "-m",
+        "magnet_exporter",
+        "--demo",
+        f"--listen-address={base_url.removeprefix('http://')}",
+    ]
+    with background_process(
+        command, tmp_path / "exporter.log", f"{base_url}/-/ready", env=exporter_env()
+    ):
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 SECRET_KEY = "mgk_live_TOPSECRET_4f9c2e7a"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import free_port, wait_for_status
+from conftest import background_process, free_port
 from test_dashboard import EMPTY_BY_NATURE, Query, dashboard_queries, load_dashboard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,37 +60,21 @@ def prometheus(demo_exporter: str, tmp_path: Path) -> Iterator[str]:
     }
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log_path = tmp_path / "prometheus.log"
-    log = log_path.open("wb")
+    base_url = f"http://127.0.0.1:{free_port()}"
     binary = shutil.which("prometheus")
     assert binary is not None
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_status(f"{base_url}/-/ready", 200, timeout=15)
+    command = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address={base_url.removeprefix('http://')}",
+        "--log.level=warn",
+    ]
+    log_path = tmp_path / "prometheus.log"
+    with background_process(command, log_path, f"{base_url}/-/ready") as process:
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        if process.returncode not in (0, -15):
-            print(log_path.read_text()[-4000:])  # shown by pytest on failure
+    if process.returncode not in (0, -15):
+        print(log_path.read_text()[-4000:])  # shown by pytest on failure
 
 
 def api(client: httpx.Client, path: str, **params: Any) -> Any:
