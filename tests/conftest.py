@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import disable_created_metrics
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from magnet_exporter.cli import Exporter, http_client
+from magnet_exporter.cli import Exporter, exporter_registry, http_client
 from magnet_exporter.demo import DemoApiServer, SimulatedMagnet
 from magnet_exporter.poller import PollState
 from magnet_exporter.server import HttpServer
@@ -144,7 +144,7 @@ class RunningExporter:
         self.settings = settings
         self.clock = clock
         self.http = http_client(settings)
-        self.registry = CollectorRegistry()
+        self.registry = exporter_registry()
         self.exporter = Exporter(settings, self.http, self.registry, clock)
         self.server = HttpServer(self.exporter.app, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.server.port}"

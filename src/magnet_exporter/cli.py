@@ -14,7 +14,12 @@ from types import FrameType
 
 import httpx
 import pydantic
-from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from pydantic import SecretStr
 
 from magnet_exporter import __version__
@@ -137,6 +142,13 @@ class Exporter:
         self.app = ExporterApp(registry, lambda: self.poller.state, settings.organization)
 
 
+def exporter_registry() -> CollectorRegistry:
+    """Build a registry with the process metrics (CPU, memory, file descriptors) of this process."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    return registry
+
+
 def http_client(settings: Settings) -> httpx.Client:
     """Build the API's HTTP client: timeout, user agent, no redirects (they would carry the key)."""
     return httpx.Client(
@@ -190,7 +202,7 @@ def serve(settings: Settings) -> int:
     stop = _stop_on_signals()
     with _demo_api_if(settings) as settings:
         http = http_client(settings)
-        exporter = Exporter(settings, http, CollectorRegistry())
+        exporter = Exporter(settings, http, exporter_registry())
         host, port = settings.listen_host_port
         try:
             server = HttpServer(exporter.app, host, port)
