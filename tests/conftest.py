@@ -150,7 +150,8 @@ class RunningExporter:
         self.url = f"http://127.0.0.1:{self.server.port}"
 
     def poll(self) -> PollState:
-        return self.exporter.poller.poll_once()
+        (poller,) = self.exporter.pollers.values()
+        return poller.poll_once()
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=5)

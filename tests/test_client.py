@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from magnet_exporter import __version__
 from magnet_exporter.client import MagnetClient, Outcome, PollError
 from magnet_exporter.demo import DemoApiServer, Fault
+from magnet_exporter.keys import StaticKey
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 def client(http: httpx.Client, url: str, organization_id: str | None = None) -> MagnetClient:
-    return MagnetClient(http, url, SecretStr(SECRET_KEY), organization_id)
+    return MagnetClient(http, url, StaticKey(SecretStr(SECRET_KEY)), organization_id)
 
 
 def test_request_carries_key_user_agent_and_organization(
@@ -72,7 +73,7 @@ def test_retry_after_is_reported(http: httpx.Client, simulator: DemoApiServer) -
 
 
 def test_missing_key_is_unauthorized(http: httpx.Client, simulator: DemoApiServer) -> None:
-    blank = MagnetClient(http, simulator.url, SecretStr(""))
+    blank = MagnetClient(http, simulator.url, StaticKey(SecretStr("")))
     with pytest.raises(PollError) as caught:
         blank.fetch_sessions()
     assert caught.value.outcome is Outcome.UNAUTHORIZED
@@ -113,7 +114,7 @@ def test_connection_closed_without_answer_is_a_connection_error(http: httpx.Clie
 def test_a_key_that_cannot_be_sent_is_not_quoted(
     http: httpx.Client, simulator: DemoApiServer
 ) -> None:
-    broken = MagnetClient(http, simulator.url, SecretStr(SECRET_KEY + "\n"))
+    broken = MagnetClient(http, simulator.url, StaticKey(SecretStr(SECRET_KEY + "\n")))
     with pytest.raises(PollError) as caught:
         broken.fetch_sessions()
     assert caught.value.outcome is Outcome.CONNECTION_ERROR

@@ -28,7 +28,9 @@ SNAPSHOT = Snapshot(
 
 def render(state: PollState, clock: FakeClock, stale_after: float = 180) -> dict[str, Metric]:
     registry = CollectorRegistry()
-    registry.register(MagnetCollector(lambda: state, "acme", stale_after, clock))
+    registry.register(
+        MagnetCollector(lambda: {"acme": state}, ("status", "model"), stale_after, clock)
+    )
     text = generate_latest(registry).decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
 
@@ -87,7 +89,7 @@ def test_each_collect_reads_the_current_state() -> None:
     clock = FakeClock()
     states = [PollState(False), PollState(True, SNAPSHOT, clock.now, clock.now)]
     registry = CollectorRegistry()
-    registry.register(MagnetCollector(lambda: states[0], "acme", 180, clock))
+    registry.register(MagnetCollector(lambda: {"acme": states[0]}, ("status", "model"), 180, clock))
     assert registry.get_sample_value("magnet_up", {"organization": "acme"}) == 0
     states.reverse()
     assert registry.get_sample_value("magnet_up", {"organization": "acme"}) == 1

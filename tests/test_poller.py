@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from magnet_exporter.client import MagnetClient, Outcome
 from magnet_exporter.demo import DemoApiServer, Fault
+from magnet_exporter.keys import StaticKey
 from magnet_exporter.poller import Poller, PollMetrics
 from magnet_exporter.series import SessionSeries
 
@@ -37,7 +38,7 @@ def make_poller(
     interval: float = 60,
     max_label_values: int = 100,
 ) -> Poller:
-    client = MagnetClient(http, simulator.url, SecretStr(SECRET_KEY))
+    client = MagnetClient(http, simulator.url, StaticKey(SecretStr(SECRET_KEY)))
     series = SessionSeries(("status", "model"), max_label_values)
     return Poller(client, series, PollMetrics(registry), "acme", interval, FakeClock())
 

@@ -77,7 +77,7 @@ def test_key_is_stripped_and_hidden() -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({}, "MAGNET_API_KEY is required (or run with --demo)"),
+        ({}, "MAGNET_API_KEY is required (or MAGNET_API_KEY_FILE, or --demo)"),
         ({"api_key": "  "}, "MAGNET_API_KEY: is empty"),
         ({"api_key": "ab\x00cd"}, "MAGNET_API_KEY: contains spaces, control or non-ASCII"),
         ({"poll_interval_seconds": 4}, "MAGNET_POLL_INTERVAL_SECONDS (--poll-interval): "),

@@ -20,14 +20,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from pydantic import SecretStr
 
 from magnet_exporter import __version__
 from magnet_exporter.client import MagnetClient
 from magnet_exporter.collector import MagnetCollector
 from magnet_exporter.demo import DemoApiServer, SimulatedMagnet
 from magnet_exporter.logs import configure_logging
-from magnet_exporter.poller import Clock, Poller, PollMetrics
+from magnet_exporter.poller import Clock, Poller, PollMetrics, PollState
 from magnet_exporter.series import SessionSeries
 from magnet_exporter.server import ExporterApp, HttpServer
 from magnet_exporter.settings import FLAGS, Settings, describe_errors, split_listen_address
@@ -38,10 +37,10 @@ EXIT_CHECK_FAILED = 1
 EXIT_CONFIG_ERROR = 2
 USER_AGENT = f"magnet-exporter/{__version__}"
 DEMO_API_ADDRESS = "127.0.0.1:9878"
-DEMO_API_KEY = SecretStr("demo")
 
 _OPTIONS: Sequence[tuple[str, type, str, str]] = (
     ("api_url", str, "URL", "base URL of the Magnet API (default https://magnet.run)"),
+    ("api_key_file", str, "PATH", "file holding the API key, read again before each poll"),
     ("organization_id", str, "ID", "organizationId to send (default: the key's organization)"),
     ("organization", str, "NAME", "organization label (default: the id, else 'default')"),
     ("poll_interval_seconds", float, "SECONDS", "seconds between polls, at least 5 (default 60)"),
@@ -114,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class Exporter:
-    """The parts of a running exporter, wired together."""
+    """The parts of a running exporter, wired together: a poller per organization."""
 
     def __init__(
         self,
@@ -123,23 +122,26 @@ class Exporter:
         registry: CollectorRegistry,
         clock: Clock = time.time,
     ) -> None:
-        api_key = settings.api_key or DEMO_API_KEY
-        client = MagnetClient(http, settings.api_url, api_key, settings.organization_id)
-        series = SessionSeries(settings.session_labels, settings.max_label_values)
-        self.poller = Poller(
-            client,
-            series,
-            PollMetrics(registry),
-            settings.organization,
-            settings.poll_interval_seconds,
-            clock,
-        )
-        registry.register(
-            MagnetCollector(
-                lambda: self.poller.state, settings.organization, settings.stale_after, clock
+        metrics = PollMetrics(registry)
+        self.pollers: dict[str, Poller] = {}
+        for target in settings.targets():
+            client = MagnetClient(http, settings.api_url, target.key, target.organization_id)
+            self.pollers[target.name] = Poller(
+                client,
+                SessionSeries(settings.session_labels, settings.max_label_values),
+                metrics,
+                target.name,
+                settings.poll_interval_seconds,
+                clock,
             )
+        registry.register(
+            MagnetCollector(self.states, settings.session_labels, settings.stale_after, clock)
         )
-        self.app = ExporterApp(registry, lambda: self.poller.state, settings.organization)
+        self.app = ExporterApp(registry, self.states)
+
+    def states(self) -> dict[str, PollState]:
+        """Return the current state of every organization."""
+        return {name: poller.state for name, poller in self.pollers.items()}
 
 
 def exporter_registry() -> CollectorRegistry:
@@ -159,13 +161,16 @@ def http_client(settings: Settings) -> httpx.Client:
 
 
 def check(settings: Settings) -> int:
-    """Poll once and print the exposition; print the reason and return 1 on failure."""
+    """Poll every organization once and print the exposition; return 1 if any poll failed."""
     with _demo_api_if(settings) as settings, http_client(settings) as http:
         registry = CollectorRegistry()
         exporter = Exporter(settings, http, registry)
-        state = exporter.poller.poll_once()
-    if not state.up:
-        print(f"magnet-exporter check failed: {state.last_error}", file=sys.stderr)
+        states = {name: poller.poll_once() for name, poller in exporter.pollers.items()}
+    failed = {name: state for name, state in states.items() if not state.up}
+    for name, state in failed.items():
+        where = f" ({name})" if len(states) > 1 else ""
+        print(f"magnet-exporter check failed{where}: {state.last_error}", file=sys.stderr)
+    if failed:
         return EXIT_CHECK_FAILED
     sys.stdout.write(generate_latest(registry).decode())
     return 0
@@ -222,16 +227,31 @@ def serve(settings: Settings) -> int:
                 "version": __version__,
             },
         )
-        polling = threading.Thread(target=exporter.poller.run, args=(stop,), name="poller")
-        polling.daemon = True  # a poll stuck on the network must not delay the exit
-        polling.start()
+        polling = _start_polling(exporter, settings.poll_interval_seconds, stop)
         while not stop.wait(0.5):
             pass
         server.stop()
-        polling.join(timeout=1.0)
-        if not polling.is_alive():
+        deadline = time.monotonic() + 1.0
+        for thread in polling:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in polling):
             http.close()
     return 0
+
+
+def _start_polling(
+    exporter: Exporter, interval: float, stop: threading.Event
+) -> list[threading.Thread]:
+    """Start a thread per organization, their first polls spread over one interval."""
+    threads = []
+    for index, (name, poller) in enumerate(exporter.pollers.items()):
+        delay = interval * index / len(exporter.pollers)
+        thread = threading.Thread(
+            target=poller.run, args=(stop, delay), name=f"poller-{name}", daemon=True
+        )  # daemon: a poll stuck on the network must not delay the exit
+        thread.start()
+        threads.append(thread)
+    return threads
 
 
 def run_demo_api(listen_address: str, seed: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import httpx
 from pydantic import SecretStr
@@ -77,7 +78,7 @@ class MagnetClient:
         self,
         http: httpx.Client,
         api_url: str,
-        api_key: SecretStr,
+        api_key: Callable[[], SecretStr],
         organization_id: str | None = None,
     ) -> None:
         self._http = http
@@ -87,7 +88,8 @@ class MagnetClient:
 
     def fetch_sessions(self) -> bytes:
         """Return the body of a 2xx answer to `GET /api/sessions`, or raise `PollError`."""
-        headers = {"x-api-key": self._api_key.get_secret_value(), "accept": "application/json"}
+        # The key is asked for on every poll, so that a rotated key file takes effect at once.
+        headers = {"x-api-key": self._api_key().get_secret_value(), "accept": "application/json"}
         try:
             response = self._http.get(self._url, params=self._params, headers=headers)
         except httpx.TimeoutException as exc:

@@ -1,8 +1,8 @@
-"""Snapshot -> metric families: the one custom collector behind `/metrics`."""
+"""Poll states -> metric families: the one custom collector behind `/metrics`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -25,24 +25,24 @@ STATS_METRICS = (
 )
 """API stats field, metric name and help text of each organization stat."""
 
+States = Callable[[], Mapping[str, PollState]]
+"""The current poll state of each organization, by the value of its `organization` label."""
+
 
 class MagnetCollector(Collector):
-    """Builds fresh metric families from the current poll state on every collect.
+    """Builds fresh metric families from the current poll states on every collect.
 
-    A scrape only reads the state the poller swapped in last: it never waits on the network.
-    Once the last good data is older than `stale_after`, only `magnet_up` and the exporter's
-    own metrics are served, so dashboards show a gap instead of old numbers.
+    A scrape only reads the states the pollers swapped in last: it never waits on the network.
+    Each family holds the samples of every organization. Once an organization's last good
+    data is older than `stale_after`, only its `magnet_up` and the exporter's own metrics are
+    served, so dashboards show a gap instead of old numbers.
     """
 
     def __init__(
-        self,
-        state: Callable[[], PollState],
-        organization: str,
-        stale_after: float,
-        clock: Clock,
+        self, states: States, label_names: tuple[str, ...], stale_after: float, clock: Clock
     ) -> None:
-        self._state = state
-        self._organization = organization
+        self._states = states
+        self._label_names = label_names
         self._stale_after = stale_after
         self._clock = clock
 
@@ -51,65 +51,74 @@ class MagnetCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the families of the current state."""
-        state = self._state()
-        org = self._organization
-        yield self._gauge(
-            "magnet_up",
-            "1 if the last poll of the Magnet API succeeded, else 0.",
-            1.0 if state.up else 0.0,
-        )
+        """Yield the families of the current states."""
+        states = self._states()
+        up = _gauge("magnet_up", "1 if the last poll of the Magnet API succeeded, else 0.")
         build = InfoMetricFamily(
             "magnet_exporter_build", "Version of the exporter.", labels=["organization"]
         )
-        build.add_metric([org], {"version": __version__})
+        last_success = _gauge(
+            "magnet_exporter_last_success_timestamp_seconds",
+            "Unix time at which the last successful poll ended.",
+        )
+        data = _DataFamilies(self._label_names)
+        for organization, state in states.items():
+            up.add_metric([organization], 1.0 if state.up else 0.0)
+            build.add_metric([organization], {"version": __version__})
+            if state.last_success is not None:
+                last_success.add_metric([organization], state.last_success)
+                if state.snapshot is not None and not self._is_stale(state.last_success):
+                    data.add(organization, state.snapshot)
+        yield up
         yield build
-        if state.last_success is not None:
-            yield self._gauge(
-                "magnet_exporter_last_success_timestamp_seconds",
-                "Unix time at which the last successful poll ended.",
-                state.last_success,
-            )
-        if state.snapshot is not None and not self._is_stale(state):
-            yield from self._data_families(state.snapshot)
+        yield from (family for family in (last_success, *data.families()) if family.samples)
 
-    def _is_stale(self, state: PollState) -> bool:
-        return state.last_success is None or (
-            self._clock() - state.last_success > self._stale_after
+    def _is_stale(self, last_success: float) -> bool:
+        return self._clock() - last_success > self._stale_after
+
+
+def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=["organization", *labels])
+
+
+class _DataFamilies:
+    """The data metrics of every organization with fresh data."""
+
+    def __init__(self, label_names: tuple[str, ...]) -> None:
+        self._stats = {
+            field: _gauge(name, documentation + AS_OF)
+            for field, name, documentation in STATS_METRICS
+        }
+        self._sessions = _gauge(
+            "magnet_sessions", "Sessions listed by the API, by labels." + AS_OF, label_names
         )
-
-    def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(name, documentation, labels=["organization"])
-        family.add_metric([self._organization], value)
-        return family
-
-    def _data_families(self, snapshot: Snapshot) -> Iterator[Metric]:
-        for field, name, documentation in STATS_METRICS:
-            if field in snapshot.stats:  # a missing stat is not exported, never made up
-                yield self._gauge(name, documentation + AS_OF, snapshot.stats[field])
-        labels = ["organization", *snapshot.label_names]
-        sessions = GaugeMetricFamily(
-            "magnet_sessions", "Sessions listed by the API, by labels." + AS_OF, labels=labels
-        )
-        messages = GaugeMetricFamily(
+        self._messages = _gauge(
             "magnet_session_messages",
             "Messages in the listed sessions (sum of messageCount), by labels." + AS_OF,
-            labels=labels,
+            label_names,
         )
+        self._created = _gauge(
+            "magnet_session_last_created_timestamp_seconds",
+            "Unix time at which the newest session was created." + AS_OF,
+        )
+        self._updated = _gauge(
+            "magnet_session_last_updated_timestamp_seconds",
+            "Unix time of the most recent session update." + AS_OF,
+        )
+
+    def add(self, organization: str, snapshot: Snapshot) -> None:
+        """Add one organization's samples."""
+        for field, value in snapshot.stats.items():  # a missing stat is left out, never made up
+            self._stats[field].add_metric([organization], value)
         for key, group in snapshot.sessions.items():
-            sessions.add_metric([self._organization, *key], group.count)
-            messages.add_metric([self._organization, *key], group.messages)
-        yield sessions
-        yield messages
-        for value, name, documentation in (
-            (
-                snapshot.last_created,
-                "created",
-                "Unix time at which the newest session was created.",
-            ),
-            (snapshot.last_updated, "updated", "Unix time of the most recent session update."),
-        ):
-            if value is not None:
-                yield self._gauge(
-                    f"magnet_session_last_{name}_timestamp_seconds", documentation + AS_OF, value
-                )
+            self._sessions.add_metric([organization, *key], group.count)
+            self._messages.add_metric([organization, *key], group.messages)
+        if snapshot.last_created is not None:
+            self._created.add_metric([organization], snapshot.last_created)
+        if snapshot.last_updated is not None:
+            self._updated.add_metric([organization], snapshot.last_updated)
+
+    def families(self) -> Iterator[GaugeMetricFamily]:
+        """Every family, empty ones included (the caller drops those)."""
+        yield from self._stats.values()
+        yield from (self._sessions, self._messages, self._created, self._updated)

@@ -129,8 +129,9 @@ class Poller:
     def _session_total(snapshot: Snapshot) -> int:
         return sum(group.count for group in snapshot.sessions.values())
 
-    def run(self, stop: threading.Event) -> None:
-        """Poll at once, then every interval (measured start to start) until `stop` is set."""
+    def run(self, stop: threading.Event, delay: float = 0.0) -> None:
+        """Poll after `delay`, then every interval (start to start) until `stop` is set."""
+        stop.wait(delay)
         while not stop.is_set():
             started = time.monotonic()
             self.poll_once()

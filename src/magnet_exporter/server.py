@@ -6,7 +6,7 @@ import html
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
@@ -15,6 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from magnet_exporter import __version__
+from magnet_exporter.collector import States
 from magnet_exporter.poller import PollState
 
 if TYPE_CHECKING:
@@ -26,12 +27,9 @@ log = logging.getLogger("magnet_exporter.server")
 class ExporterApp:
     """Routes requests: `/metrics` to prometheus-client, the rest answered here."""
 
-    def __init__(
-        self, registry: CollectorRegistry, state: Callable[[], PollState], organization: str
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, states: States) -> None:
         self._metrics = make_wsgi_app(registry)
-        self._state = state
-        self._organization = organization
+        self._states = states
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Answer one request."""
@@ -42,7 +40,8 @@ class ExporterApp:
         if path == "/-/healthy":
             return _text(start_response, "200 OK", "Healthy.\n")
         if path == "/-/ready":
-            if self._state().last_success is None:
+            # One organization with data is enough: a revoked key elsewhere must not hide it.
+            if not any(s.last_success is not None for s in self._states().values()):
                 return _text(start_response, "503 Service Unavailable", "Not ready: no poll yet.\n")
             return _text(start_response, "200 OK", "Ready.\n")
         if path == "/":
@@ -50,30 +49,30 @@ class ExporterApp:
         return _text(start_response, "404 Not Found", "Not found. Metrics are at /metrics.\n")
 
     def _landing(self) -> bytes:
-        state = self._state()
-        if state.last_outcome is None:
-            result = "not polled yet"
-        else:
-            result = state.last_outcome.value + (
-                f" ({state.last_error})" if state.last_error else ""
-            )
-        rows = [
-            ("Version", __version__),
-            ("Organization", self._organization),
-            ("Last poll", f"{result} at {_when(state.last_poll)}"),
-            ("Last success", _when(state.last_success)),
-        ]
-        cells = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
+        rows = "".join(
+            "<tr>"
+            + "".join(f"<td>{html.escape(cell)}</td>" for cell in _row(name, state))
+            + "</tr>"
+            for name, state in self._states().items()
         )
         page = (
             "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Magnet exporter</title>"
-            "</head><body><h1>Magnet exporter</h1>"
-            f"<table>{cells}</table>"
+            f"</head><body><h1>Magnet exporter</h1><p>Version {html.escape(__version__)}</p>"
+            "<table><tr><th>Organization</th><th>Last poll</th><th>Last success</th></tr>"
+            f"{rows}</table>"
             "<p><a href='/metrics'>Metrics</a> · <a href='/-/healthy'>Health</a> · "
             "<a href='/-/ready'>Readiness</a></p></body></html>"
         )
         return page.encode()
+
+
+def _row(organization: str, state: PollState) -> tuple[str, str, str]:
+    if state.last_outcome is None:
+        result = "not polled yet"
+    else:
+        result = state.last_outcome.value + (f" ({state.last_error})" if state.last_error else "")
+        result += f" at {_when(state.last_poll)}"
+    return organization, result, _when(state.last_success)
 
 
 def _when(timestamp: float | None) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Literal
 
 import httpx
@@ -9,13 +12,16 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from magnet_exporter.keys import KeyFile, StaticKey, check_key, read_key_file
 from magnet_exporter.model import SESSION_LABELS
 
 MIN_POLL_INTERVAL_SECONDS = 5.0
+DEMO_API_KEY = SecretStr("demo")
 DEMO_POLL_INTERVAL_SECONDS = 5.0
 
 FLAGS = {
     "api_url": "--api-url",
+    "api_key_file": "--api-key-file",
     "organization_id": "--organization-id",
     "organization": "--organization",
     "poll_interval_seconds": "--poll-interval",
@@ -31,6 +37,20 @@ FLAGS = {
 """The command-line flag of each setting; the API key has none on purpose (flags show in `ps`)."""
 
 
+KeySource = Callable[[], SecretStr]
+"""Gives the API key to send, each time it is asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One organization to poll."""
+
+    name: str
+    """The value of the `organization` label."""
+    organization_id: str | None
+    key: KeySource
+
+
 class Settings(BaseSettings):
     """Everything the exporter can be told: flags win over environment, environment over `.env`."""
 
@@ -44,6 +64,7 @@ class Settings(BaseSettings):
 
     api_url: str = "https://magnet.run"
     api_key: SecretStr | None = None
+    api_key_file: Path | None = None
     organization_id: str | None = None
     organization: str = ""
     poll_interval_seconds: float = Field(default=60.0, ge=MIN_POLL_INTERVAL_SECONDS)
@@ -71,15 +92,15 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        key = value.get_secret_value().strip()  # a key file or a copy-paste brings a newline
-        if not key:
-            raise ValueError("is empty")
-        if not all(" " < char < "\x7f" for char in key):
-            # Never quote the key: say what is wrong with it, not what it is.
-            raise ValueError("contains spaces, control or non-ASCII characters")
-        return SecretStr(key)
+        # The message says what is wrong with the key, never what it is.
+        return None if value is None else SecretStr(check_key(value.get_secret_value()))
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _check_api_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_key_file(value)
+        return value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -115,8 +136,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
-        if self.api_key is None and not self.demo:
-            raise ValueError("MAGNET_API_KEY is required (or run with --demo)")
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set MAGNET_API_KEY or MAGNET_API_KEY_FILE, not both")
+        if self.api_key is None and self.api_key_file is None and not self.demo:
+            raise ValueError("MAGNET_API_KEY is required (or MAGNET_API_KEY_FILE, or --demo)")
         if not self.organization:
             object.__setattr__(self, "organization", self.organization_id or "default")
         if self.demo and "poll_interval_seconds" not in self.model_fields_set:
@@ -128,6 +151,14 @@ class Settings(BaseSettings):
                 "MAGNET_STALE_AFTER_SECONDS (--stale-after) must be at least the poll interval"
             )
         return self
+
+    def targets(self) -> list[Target]:
+        """List the organizations to poll, each with its label value and the source of its key."""
+        if self.api_key_file is not None:
+            key: KeySource = KeyFile(self.api_key_file)
+        else:
+            key = StaticKey(self.api_key or DEMO_API_KEY)
+        return [Target(self.organization, self.organization_id, key)]
 
     @property
     def stale_after(self) -> float:
