@@ -39,6 +39,7 @@ USER_AGENT = f"magnet-exporter/{__version__}"
 DEMO_API_ADDRESS = "127.0.0.1:9878"
 
 _OPTIONS: Sequence[tuple[str, type, str, str]] = (
+    ("config_file", str, "FILE", "YAML file with settings and a list of organizations"),
     ("api_url", str, "URL", "base URL of the Magnet API (default https://magnet.run)"),
     ("api_key_file", str, "PATH", "file holding the API key, read again before each poll"),
     ("organization_id", str, "ID", "organizationId to send (default: the key's organization)"),

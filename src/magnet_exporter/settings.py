@@ -10,8 +10,14 @@ from typing import Annotated, Literal
 import httpx
 import pydantic
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from magnet_exporter.config_file import ConfigFileSource, Organization, read_config_file
 from magnet_exporter.keys import KeyFile, StaticKey, check_key, read_key_file
 from magnet_exporter.model import SESSION_LABELS
 
@@ -20,6 +26,7 @@ DEMO_API_KEY = SecretStr("demo")
 DEMO_POLL_INTERVAL_SECONDS = 5.0
 
 FLAGS = {
+    "config_file": "--config",
     "api_url": "--api-url",
     "api_key_file": "--api-key-file",
     "organization_id": "--organization-id",
@@ -62,6 +69,8 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
+    config_file: Path | None = None
+    organizations: tuple[Organization, ...] = ()
     api_url: str = "https://magnet.run"
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
@@ -94,6 +103,34 @@ class Settings(BaseSettings):
     def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
         # The message says what is wrong with the key, never what it is.
         return None if value is None else SecretStr(check_key(value.get_secret_value()))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read flags, then the environment, then `.env`, then the configuration file."""
+        return (init_settings, env_settings, dotenv_settings, ConfigFileSource(settings_cls))
+
+    @field_validator("config_file")
+    @classmethod
+    def _check_config_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_config_file(value, cls.model_fields)
+        return value
+
+    @field_validator("organizations")
+    @classmethod
+    def _unique_names(cls, value: tuple[Organization, ...]) -> tuple[Organization, ...]:
+        names = [organization.name for organization in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"name {', '.join(twice)} is used more than once")
+        return value
 
     @field_validator("api_key_file")
     @classmethod
@@ -138,7 +175,8 @@ class Settings(BaseSettings):
     def _fill_defaults(self) -> Settings:
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("set MAGNET_API_KEY or MAGNET_API_KEY_FILE, not both")
-        if self.api_key is None and self.api_key_file is None and not self.demo:
+        has_key = self.api_key is not None or self.api_key_file is not None
+        if not has_key and not self.organizations and not self.demo:
             raise ValueError("MAGNET_API_KEY is required (or MAGNET_API_KEY_FILE, or --demo)")
         if not self.organization:
             object.__setattr__(self, "organization", self.organization_id or "default")
@@ -154,10 +192,14 @@ class Settings(BaseSettings):
 
     def targets(self) -> list[Target]:
         """List the organizations to poll, each with its label value and the source of its key."""
-        if self.api_key_file is not None:
-            key: KeySource = KeyFile(self.api_key_file)
-        else:
-            key = StaticKey(self.api_key or DEMO_API_KEY)
+        if self.organizations:
+            return [
+                Target(o.name, o.organization_id, _key_source(o.api_key, o.api_key_file))
+                for o in self.organizations
+            ]
+        key = _key_source(
+            self.api_key or (None if self.api_key_file else DEMO_API_KEY), self.api_key_file
+        )
         return [Target(self.organization, self.organization_id, key)]
 
     @property
@@ -170,6 +212,13 @@ class Settings(BaseSettings):
     def listen_host_port(self) -> tuple[str, int]:
         """The listen address, split."""
         return split_listen_address(self.listen_address)
+
+
+def _key_source(key: SecretStr | None, key_file: Path | None) -> KeySource:
+    if key_file is not None:
+        return KeyFile(key_file)
+    assert key is not None  # the validators saw to it  # noqa: S101
+    return StaticKey(key)
 
 
 def split_listen_address(address: str) -> tuple[str, int]:
@@ -187,8 +236,14 @@ def describe_errors(error: pydantic.ValidationError) -> list[str]:
     lines = []
     for problem in error.errors(include_url=False, include_input=False):
         message = problem["msg"].removeprefix("Value error, ")
-        if problem["loc"]:
-            field = str(problem["loc"][0])
+        location = problem["loc"]
+        if location and location[0] == "organizations":
+            path = "".join(
+                f"[{part}]" if isinstance(part, int) else f".{part}" for part in location
+            )
+            lines.append(f"{path.lstrip('.')} in the configuration file: {message}")
+        elif location:
+            field = str(location[0])
             flag = FLAGS.get(field)
             name = f"MAGNET_{field.upper()}" + (f" ({flag})" if flag else "")
             lines.append(f"{name}: {message}")
