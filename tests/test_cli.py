@@ -79,6 +79,47 @@ def test_bad_configuration_exits_2_naming_each_setting(
         assert line.startswith(f"magnet-exporter: configuration error: {setting}")
 
 
+def test_bad_configuration_file_exits_2_with_a_line_per_problem(tmp_path: Path) -> None:
+    (tmp_path / "magnet.yml").write_text(
+        "organizations:\n"
+        "  - name: acme\n"
+        "  - name: globex\n"
+        "    api_key_file: missing.key\n"
+        "  - name: initech\n"
+        "    api_key: k\n"
+        "    api_key_file: missing.key\n"
+    )
+    result = run(["--config", "magnet.yml"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "magnet-exporter: configuration error: organizations[0] in the configuration file: "
+        "organization 'acme' needs api_key or api_key_file (one)",
+        "magnet-exporter: configuration error: organizations[1].api_key_file in the "
+        "configuration file: cannot read missing.key: No such file or directory",
+        "magnet-exporter: configuration error: organizations[2].api_key_file in the "
+        "configuration file: cannot read missing.key: No such file or directory",
+    ]
+
+
+def test_check_polls_every_organization_of_the_file(
+    tmp_path: Path, simulator: DemoApiServer
+) -> None:
+    (tmp_path / "acme.key").write_text(SECRET_KEY)
+    (tmp_path / "magnet.yml").write_text(
+        f"api_url: {simulator.url}\n"
+        "organizations:\n"
+        "  - name: acme\n    api_key_file: acme.key\n"
+        "  - name: globex\n    api_key: other\n    organization_id: globex\n"
+    )
+    result = run(["check", "--config", "magnet.yml"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
+    assert {s.labels["organization"]: s.value for s in families["magnet_up"].samples} == {
+        "acme": 1,
+        "globex": 1,
+    }
+
+
 def test_dotenv_file_is_read(tmp_path: Path, simulator: DemoApiServer) -> None:
     (tmp_path / ".env").write_text(f"MAGNET_API_KEY={SECRET_KEY}\nMAGNET_API_URL={simulator.url}\n")
     result = run(["check"], tmp_path)
