@@ -1,12 +1,16 @@
-"""The HTTP face of the exporter: /metrics, a landing page, and health and readiness checks."""
+"""The HTTP face of the exporter: /metrics, a landing page, and health and readiness checks.
+
+With a web configuration it serves HTTPS, asks for basic auth and adds the configured headers.
+"""
 
 from __future__ import annotations
 
 import html
 import logging
 import socket
+import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
@@ -17,11 +21,19 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from magnet_exporter import __version__
 from magnet_exporter.collector import States
 from magnet_exporter.poller import PollState
+from magnet_exporter.webconfig import BasicAuth, WebConfig
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("magnet_exporter.server")
+
+UNGUARDED_PATH = "/-/healthy"
+"""The one path that basic auth does not protect, so that liveness probes need no secret."""
+
+REALM = "magnet-exporter"
+TLS_HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 
 class ExporterApp:
@@ -92,15 +104,92 @@ def _respond(
     return [body]
 
 
+class _Guard:
+    """Wraps an app: basic auth on every path but UNGUARDED_PATH, extra headers on every answer."""
+
+    def __init__(
+        self, app: WSGIApplication, auth: BasicAuth | None, headers: Mapping[str, str]
+    ) -> None:
+        self._app = app
+        self._auth = auth
+        self._headers = list(headers.items())
+        self._replaced = {name.lower() for name in headers}
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Answer one request, or refuse it with 401."""
+
+        def start(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            kept = [(name, value) for name, value in headers if name.lower() not in self._replaced]
+            return start_response(status, kept + self._headers, exc_info)
+
+        if (
+            self._auth is not None
+            and environ.get("PATH_INFO") != UNGUARDED_PATH
+            and not self._auth.check(environ.get("HTTP_AUTHORIZATION"))
+        ):
+            body = b"Unauthorized.\n"
+            start(
+                "401 Unauthorized",
+                [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body))),
+                    ("WWW-Authenticate", f'Basic realm="{REALM}"'),
+                ],
+            )
+            return [body]
+        return self._app(environ, start)
+
+
+def _guarded(app: WSGIApplication, config: WebConfig) -> WSGIApplication:
+    if not config.basic_auth_users and not config.headers:
+        return app
+    auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
+    return _Guard(app, auth, config.headers)
+
+
 class _QuietHandler(WSGIRequestHandler):
     """Request lines go to the debug log instead of stderr."""
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug(format % args)
 
+    def get_environ(self) -> WSGIEnvironment:
+        """Tell the app, as CGI does, when the request came over TLS."""
+        environ = super().get_environ()
+        if isinstance(self.connection, ssl.SSLSocket):
+            environ["HTTPS"] = "on"
+        return environ
+
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scraper must not hold up shutdown
+
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        """Serve one connection, after its TLS handshake if the socket is a TLS one."""
+        # Here in the connection's own thread, not in the accept loop: a client that is slow
+        # or speaks plain HTTP stalls only its own connection.
+        if isinstance(request, ssl.SSLSocket) and not _handshake(request, client_address):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
+def _handshake(connection: ssl.SSLSocket, client_address: object) -> bool:
+    timeout = connection.gettimeout()
+    connection.settimeout(TLS_HANDSHAKE_TIMEOUT_SECONDS)
+    try:
+        connection.do_handshake()
+    except OSError as error:  # ssl.SSLError and timeouts included
+        log.debug(
+            "TLS handshake failed", extra={"client": str(client_address), "error": str(error)}
+        )
+        return False
+    connection.settimeout(timeout)
+    return True
 
 
 class _ThreadingServerV6(_ThreadingServer):
@@ -108,16 +197,36 @@ class _ThreadingServerV6(_ThreadingServer):
 
 
 class HttpServer:
-    """Serves the app on host:port from a background thread."""
+    """Serves the app on host:port from a background thread, as the web configuration says."""
 
-    def __init__(self, app: ExporterApp, host: str, port: int) -> None:
+    def __init__(
+        self, app: ExporterApp, host: str, port: int, web_config: WebConfig | None = None
+    ) -> None:
+        config = web_config or WebConfig()
         server_class = _ThreadingServerV6 if ":" in host else _ThreadingServer
         self._server = make_server(
-            host, port, app, server_class=server_class, handler_class=_QuietHandler
+            host,
+            port,
+            _guarded(app, config),
+            server_class=server_class,
+            handler_class=_QuietHandler,
         )
+        self._scheme = "http"
+        if config.tls is not None:
+            # Accepted connections come out wrapped but not yet shaken hands with: see
+            # _ThreadingServer.process_request_thread.
+            self._server.socket = config.tls.context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self._scheme = "https"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http"
         )
+
+    @property
+    def scheme(self) -> str:
+        """`https` when TLS is configured, else `http`."""
+        return self._scheme
 
     @property
     def port(self) -> int:
