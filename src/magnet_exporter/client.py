@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import re
+import time
 from collections.abc import Callable
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 
 import httpx
 from pydantic import SecretStr
 
 SESSIONS_PATH = "/api/sessions"
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20
 
 # The hint tells the operator what to do; it names the setting, never its value.
 _STATUS_HINTS = {
@@ -16,6 +22,9 @@ _STATUS_HINTS = {
     403: "the key has no access to this organization; check MAGNET_ORGANIZATION_ID",
     429: "Magnet is rate limiting this exporter; raise MAGNET_POLL_INTERVAL_SECONDS",
 }
+# RFC 9110 allows Retry-After on any answer, but only these two mean "come back later".
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+_DELAY_SECONDS = re.compile(r"\d{1,10}(\.\d{1,6})?")
 
 
 class Outcome(str, enum.Enum):
@@ -30,19 +39,50 @@ class Outcome(str, enum.Enum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     INVALID_RESPONSE = "invalid_response"
+    TOO_LARGE = "too_large"
+
+
+TRANSIENT_OUTCOMES = frozenset(
+    {Outcome.RATE_LIMITED, Outcome.SERVER_ERROR, Outcome.TIMEOUT, Outcome.CONNECTION_ERROR}
+)
+"""Outcomes that may go away on their own, so that a retry within the same poll can help."""
 
 
 class PollError(Exception):
     """A poll that did not give usable data: its outcome, HTTP status if any, and a reason."""
 
-    def __init__(self, outcome: Outcome, reason: str, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        outcome: Outcome,
+        reason: str,
+        status_code: int | None = None,
+        *,
+        transient: bool | None = None,
+        retry_after: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.outcome = outcome
         self.reason = reason
         self.status_code = status_code
+        self.transient = outcome in TRANSIENT_OUTCOMES if transient is None else transient
+        self.retry_after = retry_after
+        """The raw `Retry-After` header of a 429 or 503 answer, if it had one."""
 
     def __str__(self) -> str:
         return self.reason
+
+    @property
+    def code(self) -> str:
+        """The `code` label in `magnet_exporter_requests_total`: the status, or what failed."""
+        return str(self.status_code) if self.status_code is not None else self.outcome.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A 2xx answer to `GET /api/sessions`, its body read in full."""
+
+    status_code: int
+    body: bytes
 
 
 def outcome_for_status(status_code: int) -> Outcome:
@@ -58,21 +98,48 @@ def outcome_for_status(status_code: int) -> Outcome:
     return Outcome.INVALID_RESPONSE
 
 
+def retry_after_seconds(value: str, now: float) -> float | None:
+    """Seconds from `now` (Unix time) until a `Retry-After` value, or None if it is not valid.
+
+    The value is delay-seconds or an HTTP-date (RFC 9110, 10.2.3); a date in the past gives 0.
+    """
+    value = value.strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):  # which one depends on the Python version
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)  # "-0000": HTTP dates are in UTC
+    return max(0.0, moment.timestamp() - now)
+
+
 def _status_error(response: httpx.Response) -> PollError:
     code = response.status_code
     reason = f"{code} {response.reason_phrase or 'HTTP error'}".rstrip()
     hint = _STATUS_HINTS.get(code)
-    if code == 429 and "retry-after" in response.headers:
-        hint = f"{hint} (Retry-After: {response.headers['retry-after'][:64]})"
+    retry_after = response.headers.get("retry-after") if code in _RETRY_AFTER_STATUSES else None
+    if code == 429 and retry_after is not None:
+        hint = f"{hint} (Retry-After: {retry_after[:64]})"
     if 300 <= code < 400:
         hint = "redirects are not followed; set MAGNET_API_URL to the final address"
     elif hint is None and code >= 500:
         hint = "Magnet reported a server error"
-    return PollError(outcome_for_status(code), f"{reason}: {hint}" if hint else reason, code)
+    message = f"{reason}: {hint}" if hint else reason
+    return PollError(outcome_for_status(code), message, code, retry_after=retry_after)
+
+
+def _too_large(status_code: int, limit: int) -> PollError:
+    return PollError(
+        Outcome.TOO_LARGE,
+        f"response body larger than {limit} bytes, abandoned; raise MAGNET_MAX_RESPONSE_BYTES",
+        status_code,
+    )
 
 
 class MagnetClient:
-    """Fetches the raw List Sessions body; turns every failure into a `PollError`."""
+    """Fetches the raw List Sessions body, one request per call; every failure is a `PollError`."""
 
     def __init__(
         self,
@@ -80,18 +147,31 @@ class MagnetClient:
         api_url: str,
         api_key: Callable[[], SecretStr],
         organization_id: str | None = None,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._http = http
         self._url = api_url.rstrip("/") + SESSIONS_PATH
         self._api_key = api_key
         self._params = {"organizationId": organization_id} if organization_id else {}
+        self._max_bytes = max_response_bytes
 
     def fetch_sessions(self) -> bytes:
         """Return the body of a 2xx answer to `GET /api/sessions`, or raise `PollError`."""
-        # The key is asked for on every poll, so that a rotated key file takes effect at once.
+        return self.fetch().body
+
+    def fetch(self, deadline: float | None = None) -> Answer:
+        """Send one `GET /api/sessions`; give up at `deadline` (`time.monotonic()` seconds)."""
+        # The key is asked for on every request, so that a rotated key file takes effect at once.
         headers = {"x-api-key": self._api_key().get_secret_value(), "accept": "application/json"}
+        timeout = self._timeout(deadline)
         try:
-            response = self._http.get(self._url, params=self._params, headers=headers)
+            with self._http.stream(
+                "GET", self._url, params=self._params, headers=headers, timeout=timeout
+            ) as response:
+                if not response.is_success:
+                    raise _status_error(response)
+                return Answer(response.status_code, self._read_body(response, deadline))
         except httpx.TimeoutException as exc:
             raise PollError(Outcome.TIMEOUT, f"timed out: {_describe(exc)}") from None
         except httpx.LocalProtocolError:
@@ -99,14 +179,54 @@ class MagnetClient:
             raise PollError(
                 Outcome.CONNECTION_ERROR,
                 "request not sent: a header value is not allowed in HTTP; check MAGNET_API_KEY",
+                transient=False,  # the same key would fail the same way
             ) from None
         except httpx.TransportError as exc:
             raise PollError(
                 Outcome.CONNECTION_ERROR, f"connection failed: {_describe(exc)}"
             ) from None
-        if not response.is_success:
-            raise _status_error(response)
-        return response.content
+
+    def _timeout(self, deadline: float | None) -> httpx.Timeout:
+        """Return the client's timeouts, each cut to the time left before `deadline`."""
+        configured = self._http.timeout
+        if deadline is None:
+            return configured
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PollError(Outcome.TIMEOUT, "timed out: no time left in this poll")
+
+        def cut(seconds: float | None) -> float:
+            return left if seconds is None else min(seconds, left)
+
+        return httpx.Timeout(
+            connect=cut(configured.connect),
+            read=cut(configured.read),
+            write=cut(configured.write),
+            pool=cut(configured.pool),
+        )
+
+    def _read_body(self, response: httpx.Response, deadline: float | None) -> bytes:
+        """Read the decoded body in chunks; abandon it past the byte limit or the deadline."""
+        declared = response.headers.get("content-length", "")
+        # Without content coding the declared length is the body's size: refuse before reading.
+        encoded = "content-encoding" in response.headers
+        if declared.isdigit() and int(declared) > self._max_bytes and not encoded:
+            raise _too_large(response.status_code, self._max_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self._max_bytes:  # decoded size: a small gzip bomb is stopped here too
+                    raise _too_large(response.status_code, self._max_bytes)
+                chunks.append(chunk)
+                if deadline is not None and time.monotonic() > deadline:
+                    # httpx's read timeout is per read: a slow trickle would never trip it.
+                    raise PollError(Outcome.TIMEOUT, "timed out: the body came too slowly")
+        except httpx.DecodingError as exc:
+            reason = f"invalid response: {_describe(exc)}"
+            raise PollError(Outcome.INVALID_RESPONSE, reason, response.status_code) from None
+        return b"".join(chunks)
 
 
 def _describe(exc: httpx.HTTPError) -> str:

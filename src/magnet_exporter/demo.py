@@ -5,21 +5,30 @@ created at a fixed moment, works for a while, then completes or fails, and its p
 goes draft -> open -> merged or closed. The newest sessions are listed, so with a fixed seed
 and clock every answer is reproducible, and with the real clock the numbers move every few
 seconds. The windows are sized so that every status and PR status is present at all times.
+
+For tests of failure handling the server can also misbehave: a canned `Fault` for every
+request or for the next few, or `FaultRates`, chances per request of each kind of failure,
+drawn from (seed, request number) so that a run is reproducible.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import logging
+import math
 import random
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger("magnet_exporter.demo")
@@ -78,6 +87,10 @@ class SimulatedMagnet:
     def __init__(self, seed: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.seed = seed
         self._clock = clock
+
+    def now(self) -> float:
+        """Return the simulator's current time (Unix seconds)."""
+        return self._clock()
 
     def sessions_response(self, organization: str) -> dict[str, Any]:
         """Answer `GET /api/sessions` for `organization` at the current time, as a JSON document."""
@@ -167,15 +180,105 @@ class Fault:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+FAULT_KINDS = (
+    "server_error",
+    "rate_limited",
+    "slow",
+    "truncated",
+    "not_json",
+    "oversized",
+    "reset",
+)
+"""The failures `FaultRates` can inject, in the order their chances are laid out."""
+_WHOLE_NUMBERS = frozenset({"retry_after_seconds", "oversized_bytes"})
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultRates:
+    """Chances per request of each injected failure; the other requests are answered normally.
+
+    `server_error` answers 500, 502 or 503 (a 503 with `Retry-After`); `rate_limited` answers
+    429 with `Retry-After` in seconds or as an HTTP date; `slow` answers after `slow_seconds`;
+    `truncated` sends half of the JSON (a complete HTTP answer); `not_json` an HTML page;
+    `oversized` a JSON body of `oversized_bytes` without a length; `reset` half of the body,
+    then a TCP reset.
+    """
+
+    server_error: float = 0.0
+    rate_limited: float = 0.0
+    slow: float = 0.0
+    truncated: float = 0.0
+    not_json: float = 0.0
+    oversized: float = 0.0
+    reset: float = 0.0
+    retry_after_seconds: int = 1
+    slow_seconds: float = 15.0
+    """Longer than the exporter's default 10-second timeout."""
+    oversized_bytes: int = 65 * 2**20
+    """Past the exporter's default limit of 64 MiB."""
+
+    def __post_init__(self) -> None:
+        """Check that the chances are probabilities that add up to at most 1."""
+        rates = [getattr(self, kind) for kind in FAULT_KINDS]
+        if not all(0.0 <= rate <= 1.0 for rate in rates) or sum(rates) > 1.0 + 1e-9:
+            raise ValueError("fault rates must be between 0 and 1 and add up to at most 1")
+        if self.retry_after_seconds < 0 or self.slow_seconds < 0 or self.oversized_bytes < 0:
+            raise ValueError("retry_after_seconds, slow_seconds and oversized_bytes must be >= 0")
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultRates:
+        """Read `name=value,...`, e.g. `server_error=0.1,slow=0.05,slow_seconds=12`."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        values: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, _, text = (piece.strip() for piece in item.partition("="))
+            if name not in names:
+                raise ValueError(f"unknown fault setting {name!r}; choose from {', '.join(names)}")
+            try:
+                values[name] = (int if name in _WHOLE_NUMBERS else float)(text)
+            except ValueError:
+                raise ValueError(f"{name}: not a number: {text!r}") from None
+        return cls(**values)
+
+    def pick(self, draw: float) -> str | None:
+        """Return the fault for a uniform `draw` in [0, 1), or None for a normal answer."""
+        for kind in FAULT_KINDS:
+            draw -= getattr(self, kind)
+            if draw < 0:
+                return kind
+        return None
+
+
+class Served(NamedTuple):
+    """One request to `/api/sessions`: when it arrived (`time.monotonic()`) and how it was met."""
+
+    arrived: float
+    kind: str
+    """A `FAULT_KINDS` value, `fault` (a canned `Fault`), `unauthorized` or `ok`."""
+
+
 class DemoApiServer:
     """Serves a `SimulatedMagnet` over HTTP from a background thread."""
 
-    def __init__(self, magnet: SimulatedMagnet, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        magnet: SimulatedMagnet,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: FaultRates | None = None,
+    ) -> None:
         self.magnet = magnet
         self.fault: Fault | None = None
+        """Answer every request with this, while it is set."""
+        self.faults = faults
         self.requests = 0
+        self.served: collections.deque[Served] = collections.deque(maxlen=10_000)
+        """The latest requests, oldest first (bounded: the demo API may run for months)."""
         self.last_headers: dict[str, str] = {}
         self.last_query: dict[str, list[str]] = {}
+        self._next: collections.deque[Fault] = collections.deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._http = ThreadingHTTPServer((host, port), _handler_for(self))
         self._http.daemon_threads = True
         self._thread = threading.Thread(
@@ -188,13 +291,19 @@ class DemoApiServer:
         host, port = self._http.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    def push(self, *faults: Fault) -> None:
+        """Answer the next requests with these faults, one each, before anything else."""
+        with self._lock:
+            self._next.extend(faults)
+
     def start(self) -> DemoApiServer:
         """Start serving in the background."""
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, end the delays of answers in progress, and close the socket."""
+        self._stopping.set()
         self._http.shutdown()
         self._http.server_close()
         self._thread.join(timeout=1)
@@ -202,6 +311,29 @@ class DemoApiServer:
     def serve_forever(self) -> None:
         """Serve in the calling thread until `stop` is called from another one."""
         self._http.serve_forever(poll_interval=0.1)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the server is stopping."""
+        self._stopping.wait(seconds)
+
+    def arrive(self, has_key: bool) -> tuple[str, Fault | random.Random | None]:
+        """Count a request and choose its answer: a kind and its canned fault or random source."""
+        with self._lock:
+            self.requests += 1
+            kind, detail = self._choose(self.requests, has_key)
+            self.served.append(Served(time.monotonic(), kind))
+        return kind, detail
+
+    def _choose(self, number: int, has_key: bool) -> tuple[str, Fault | random.Random | None]:
+        canned = self._next.popleft() if self._next else self.fault
+        if canned is not None:
+            return "fault", canned
+        if not has_key:
+            return "unauthorized", None
+        if self.faults is None:
+            return "ok", None
+        rng = _rng(self.magnet.seed, "fault", number)
+        return self.faults.pick(rng.random()) or "ok", rng
 
 
 def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
@@ -213,22 +345,48 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
             if url.path.rstrip("/") != "/api/sessions":
                 self._send(404, {"error": "Not Found"})
                 return
-            api.requests += 1
             api.last_headers = dict(self.headers.items())
             api.last_query = parse_qs(url.query)
-            if api.fault is not None:
-                self._send_fault(api.fault)
-            elif not self.headers.get("x-api-key", "").strip():
+            kind, detail = api.arrive(bool(self.headers.get("x-api-key", "").strip()))
+            if isinstance(detail, Fault):
+                self._send_fault(detail)
+            elif kind == "unauthorized":
                 self._send(401, {"error": "Unauthorized"})
+            elif isinstance(detail, random.Random):
+                self._answer(kind, detail)
             else:
-                organization = api.last_query.get("organizationId", [DEFAULT_ORGANIZATION])[0]
-                self._send(200, api.magnet.sessions_response(organization))
+                self._send_fault(Fault(200, self._sessions_body()))
+
+        def _answer(self, kind: str, rng: random.Random) -> None:
+            faults = api.faults or FaultRates()
+            if kind == "server_error":
+                self._send_fault(_server_error(rng, faults))
+            elif kind == "rate_limited":
+                self._send_fault(_rate_limited(rng, faults, api.magnet.now()))
+            elif kind == "not_json":
+                self._send_fault(Fault(200, b"<html><body>Maintenance</body></html>", "text/html"))
+            elif kind == "oversized":
+                self._send_oversized(faults.oversized_bytes)
+            else:
+                if kind == "slow":
+                    api.sleep(faults.slow_seconds)
+                body = self._sessions_body()
+                if kind == "truncated":
+                    self._send_fault(Fault(200, body[: len(body) // 2]))
+                elif kind == "reset":
+                    self._send_then_reset(body)
+                else:
+                    self._send_fault(Fault(200, body))
+
+        def _sessions_body(self) -> bytes:
+            organization = api.last_query.get("organizationId", [DEFAULT_ORGANIZATION])[0]
+            return json.dumps(api.magnet.sessions_response(organization)).encode()
 
         def _send(self, status: int, document: dict[str, Any]) -> None:
             self._send_fault(Fault(status, json.dumps(document).encode()))
 
         def _send_fault(self, fault: Fault) -> None:
-            time.sleep(fault.delay)
+            api.sleep(fault.delay)
             try:
                 self.send_response(fault.status)
                 self.send_header("Content-Type", fault.content_type)
@@ -237,10 +395,56 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(fault.body)
-            except (BrokenPipeError, ConnectionResetError):
+            except ConnectionError:
                 pass  # the client gave up waiting (a timeout test); nothing to tell it
+
+        def _send_oversized(self, size: int) -> None:
+            # No Content-Length: the client learns the size only by reading, as from a proxy.
+            prefix, suffix = b'{"sessions": [], "padding": "', b'"}'
+            padding = max(0, size - len(prefix) - len(suffix))
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(prefix)
+                for start in range(0, padding, 2**16):
+                    self.wfile.write(b"x" * min(2**16, padding - start))
+                self.wfile.write(suffix)
+            except ConnectionError:
+                pass  # the client abandoned the body, as it should
+
+        def _send_then_reset(self, body: bytes) -> None:
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+            except ConnectionError:
+                return
+            # Linger 0: close() sends a TCP reset instead of an orderly end.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:
             log.debug(format % args)
 
     return Handler
+
+
+def _server_error(rng: random.Random, faults: FaultRates) -> Fault:
+    status = rng.choice((500, 502, 503))
+    if status != 503:
+        return Fault(status)
+    retry_after = (("Retry-After", str(faults.retry_after_seconds)),)
+    return Fault(503, b'{"error": "Service Unavailable"}', headers=retry_after)
+
+
+def _rate_limited(rng: random.Random, faults: FaultRates, now: float) -> Fault:
+    seconds = faults.retry_after_seconds
+    # Either form of RFC 9110; the date is rounded up, so the wait is never shorter.
+    value = (
+        str(seconds) if rng.random() < 0.5 else formatdate(math.ceil(now + seconds), usegmt=True)
+    )
+    return Fault(429, b'{"error": "Too Many Requests"}', headers=(("Retry-After", value),))

@@ -1,16 +1,19 @@
-"""The polling loop: fetch, parse, stabilize, swap in; count and log every outcome."""
+"""The polling loop: fetch (retrying what may pass), parse, stabilize, swap in; count and log."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from magnet_exporter.client import MagnetClient, Outcome, PollError
+from magnet_exporter.client import MagnetClient, Outcome, PollError, retry_after_seconds
 from magnet_exporter.model import Snapshot, parse_snapshot
 from magnet_exporter.series import SessionSeries
 
@@ -20,6 +23,36 @@ Clock = Callable[[], float]
 """Wall-clock time in seconds since the epoch (`time.time` outside tests)."""
 
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+MAX_RETRY_AFTER_SECONDS = 600.0
+"""The longest wait a `Retry-After` answer can impose: a bad header must not silence us for days."""
+
+
+class Waiter(Protocol):
+    """Sleeps up to `timeout` seconds unless woken; True if woken (a `threading.Event`)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep; return True if told to stop."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How one poll retries transient failures: capped exponential backoff with full jitter."""
+
+    max_attempts: int = 3
+    """Requests per poll at most, the first one included."""
+    base_delay: float = 0.5
+    max_delay: float = 5.0
+    deadline_fraction: float = 0.8
+    """Share of the poll interval that one poll may take, its retries and pauses included."""
+
+    def backoff(self, retries_done: int, rng: random.Random) -> float:
+        """Seconds to sleep before the next retry: uniform in [0, min(max, base * 2^retries))."""
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2**retries_done))
+
+
+class HeldBackError(PollError):
+    """A poll that sent no request because Magnet's `Retry-After` has not expired yet."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +78,13 @@ class PollMetrics:
             ["organization", "outcome"],
             registry=registry,
         )
+        self.requests = Counter(
+            "magnet_exporter_requests",
+            "HTTP requests to the Magnet API, retries included, by HTTP status code "
+            "(or timeout, connection_error).",
+            ["organization", "code"],
+            registry=registry,
+        )
         self.duration = Histogram(
             "magnet_exporter_poll_duration_seconds",
             "Duration of each poll of the Magnet API, parsing included.",
@@ -61,7 +101,13 @@ class PollMetrics:
 
 
 class Poller:
-    """Polls one organization; `state` is always a complete `PollState`."""
+    """Polls one organization; `state` is always a complete `PollState`.
+
+    Within a poll, transient failures (connection errors, timeouts, 5xx, 429) are retried
+    after a jittered backoff, inside a deadline shorter than the interval. After a 429 or 503
+    with `Retry-After`, no request is sent until it expires; a poll in that time is counted as
+    `rate_limited` without calling the API.
+    """
 
     def __init__(
         self,
@@ -71,6 +117,9 @@ class Poller:
         organization: str,
         interval: float,
         clock: Clock = time.time,
+        *,
+        retry: RetryPolicy = RetryPolicy(),  # frozen, so one default is safe to share
+        rng: random.Random | None = None,
     ) -> None:
         self._client = client
         self._series = series
@@ -78,21 +127,28 @@ class Poller:
         self._organization = organization
         self._interval = interval
         self._clock = clock
+        self._retry = retry
+        # Jitter only spreads retries out; it need not be unpredictable.
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311
+        self._quiet_until: float | None = None
+        """Unix time (of `clock`) before which Magnet asked for no request."""
+        self._requests = 0
+        """Requests sent in the current poll."""
         self.state = PollState()
         metrics.start(organization)
 
-    def poll_once(self) -> PollState:
-        """Poll now, publish the new state and return it; never raises for upstream trouble."""
+    def poll_once(self, stop: Waiter | None = None) -> PollState:
+        """Poll now, publish the new state and return it; never raises for upstream trouble.
+
+        Pauses between retries end early when `stop` is set.
+        """
         started = time.monotonic()
+        self._requests = 0
         try:
-            snapshot = self._fetch_snapshot()
+            snapshot = self._fetch_snapshot(stop if stop is not None else threading.Event())
         except PollError as error:
-            outcome, message = error.outcome, error.reason
-            fields = {"outcome": outcome.value, "status": error.status_code, "reason": message}
-            log.warning("poll failed", extra=self._log_fields(started, fields))
-            state = dataclasses.replace(
-                self.state, up=False, last_outcome=outcome, last_error=message
-            )
+            outcome = error.outcome
+            state = self._failed(error, started)
         else:
             outcome = Outcome.SUCCESS
             state = PollState(True, snapshot, self._clock(), None, outcome, None)
@@ -103,8 +159,20 @@ class Poller:
         self.state = dataclasses.replace(state, last_poll=self._clock())
         return self.state
 
-    def _fetch_snapshot(self) -> Snapshot:
-        body = self._client.fetch_sessions()
+    def _failed(self, error: PollError, started: float) -> PollState:
+        fields = {"outcome": error.outcome.value, "status": error.status_code}
+        fields["reason"] = error.reason
+        if isinstance(error, HeldBackError):
+            # The wait was logged when it began: one line, not one per poll.
+            log.debug("poll held back", extra=self._log_fields(started, fields))
+        else:
+            log.warning("poll failed", extra=self._log_fields(started, fields))
+        return dataclasses.replace(
+            self.state, up=False, last_outcome=error.outcome, last_error=error.reason
+        )
+
+    def _fetch_snapshot(self, stop: Waiter) -> Snapshot:
+        body = self._fetch(stop)
         try:
             parsed = parse_snapshot(body, self._series.label_names)
         except PollError:
@@ -120,10 +188,87 @@ class Poller:
             )
         return snapshot
 
+    def _fetch(self, stop: Waiter) -> bytes:
+        """Return the body of the first good answer before the deadline, or raise the last error."""
+        waiting = self._retry_after_left()
+        if waiting > 0:
+            raise HeldBackError(
+                Outcome.RATE_LIMITED,
+                f"no request sent: Magnet asked to wait (Retry-After), {waiting:.0f} s left",
+            )
+        deadline = time.monotonic() + self._interval * self._retry.deadline_fraction
+        while True:
+            try:
+                return self._request(deadline)
+            except PollError as error:
+                pause = self._pause_before_retry(error, deadline)
+                if pause is None or stop.wait(pause):
+                    raise
+            self._quiet_until = None  # the pause covered what Retry-After asked for
+
+    def _request(self, deadline: float) -> bytes:
+        """Send one request and count it by its status code (or its failure)."""
+        self._requests += 1
+        requests = self._metrics.requests
+        try:
+            answer = self._client.fetch(deadline)
+        except PollError as error:
+            requests.labels(self._organization, error.code).inc()
+            self._note_retry_after(error)
+            raise
+        requests.labels(self._organization, str(answer.status_code)).inc()
+        return answer.body
+
+    def _pause_before_retry(self, error: PollError, deadline: float) -> float | None:
+        """Seconds to sleep before retrying, or None when this poll must give up."""
+        if not error.transient or self._requests >= self._retry.max_attempts:
+            return None
+        backoff = self._retry.backoff(self._requests - 1, self._rng)
+        pause = max(backoff, self._retry_after_left())
+        if time.monotonic() + pause >= deadline:
+            return None
+        return pause
+
+    def _note_retry_after(self, error: PollError) -> None:
+        """Start the wait a `Retry-After` header asks for, and say so once."""
+        if error.retry_after is None:
+            return
+        now = self._clock()
+        asked = retry_after_seconds(error.retry_after, now)
+        if asked is None or asked <= 0:
+            return  # an unreadable or past value: the backoff alone applies
+        seconds = min(asked, MAX_RETRY_AFTER_SECONDS)
+        self._quiet_until = now + seconds
+        until = datetime.fromtimestamp(self._quiet_until, timezone.utc)
+        log.warning(
+            "Magnet asked to wait (Retry-After); no request to this organization until then",
+            extra={
+                "organization": self._organization,
+                "status": error.status_code,
+                "retry_after_seconds": round(seconds, 3),
+                "until": until.isoformat(timespec="seconds"),
+            },
+        )
+
+    def _retry_after_left(self) -> float:
+        if self._quiet_until is None:
+            return 0.0
+        left = self._quiet_until - self._clock()
+        # Past the cap, the wall clock went back: the wait cannot be that long, end it.
+        if not 0 < left <= MAX_RETRY_AFTER_SECONDS:
+            self._quiet_until = None
+            return 0.0
+        return left
+
     def _log_fields(self, started: float, fields: Mapping[str, object]) -> dict[str, object]:
         duration = round(time.monotonic() - started, 3)
         present = {k: v for k, v in fields.items() if v is not None}
-        return {"organization": self._organization, **present, "duration_seconds": duration}
+        return {
+            "organization": self._organization,
+            **present,
+            "requests": self._requests,
+            "duration_seconds": duration,
+        }
 
     @staticmethod
     def _session_total(snapshot: Snapshot) -> int:
@@ -134,5 +279,8 @@ class Poller:
         stop.wait(delay)
         while not stop.is_set():
             started = time.monotonic()
-            self.poll_once()
+            try:
+                self.poll_once(stop)
+            except Exception:  # a bug of ours must not end polling for good
+                log.exception("poll crashed; polling goes on", extra=self._log_fields(started, {}))
             stop.wait(max(0.0, self._interval - (time.monotonic() - started)))
