@@ -128,6 +128,7 @@ def test_each_upstream_failure_is_counted_survived_and_recovered(
         assert str(fault.status) in failures[0].reason  # type: ignore[attr-defined]
 
     simulator.fault = None
+    exporter.clock.advance(61)  # past the 429's Retry-After: 60, until which nothing is sent
     assert exporter.poll().up
     assert exporter.value("magnet_up") == 1
     assert exporter.value("magnet_exporter_polls_total", outcome="success") == 2
@@ -164,6 +165,7 @@ def test_stale_data_is_dropped_but_health_metrics_stay(
         "magnet_exporter_build_info",
         "magnet_exporter_last_success_timestamp_seconds",
         "magnet_exporter_polls",
+        "magnet_exporter_requests",
         "magnet_exporter_poll_duration_seconds",
     }
     assert exporter.value("magnet_up") == 0
@@ -191,6 +193,7 @@ def test_the_key_never_shows(
     with caplog.at_level(logging.DEBUG):
         for fault in [None, *(param.values[0] for param in FAILURES)]:
             simulator.fault = fault
+            exporter.clock.advance(601)  # past any Retry-After wait, so every fault is met
             exporter.poll()
             seen += [exporter.get(path).text for path in ("/", "/metrics", "/-/ready", "/nope")]
     seen += [record.getMessage() + str(vars(record)) for record in caplog.records]
