@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from email.utils import formatdate
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, free_port
+from conftest import FIXED_NOW, SECRET_KEY, FakeClock, free_port
 from pydantic import SecretStr
 
 from magnet_exporter import __version__
-from magnet_exporter.client import MagnetClient, Outcome, PollError
-from magnet_exporter.demo import DemoApiServer, Fault
+from magnet_exporter.client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    MagnetClient,
+    Outcome,
+    PollError,
+    retry_after_seconds,
+)
+from magnet_exporter.demo import DemoApiServer, Fault, FaultRates, SimulatedMagnet
 from magnet_exporter.keys import StaticKey
 
 
@@ -23,8 +34,28 @@ def http() -> Iterator[httpx.Client]:
         yield c
 
 
-def client(http: httpx.Client, url: str, organization_id: str | None = None) -> MagnetClient:
-    return MagnetClient(http, url, StaticKey(SecretStr(SECRET_KEY)), organization_id)
+def client(
+    http: httpx.Client, url: str, organization_id: str | None = None, max_bytes: int | None = None
+) -> MagnetClient:
+    key = StaticKey(SecretStr(SECRET_KEY))
+    if max_bytes is None:
+        return MagnetClient(http, url, key, organization_id)
+    return MagnetClient(http, url, key, organization_id, max_response_bytes=max_bytes)
+
+
+@contextlib.contextmanager
+def faulty_api(rates: FaultRates) -> Iterator[DemoApiServer]:
+    server = DemoApiServer(SimulatedMagnet(clock=FakeClock()), faults=rates).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def fetch_error(magnet: MagnetClient, deadline: float | None = None) -> PollError:
+    with pytest.raises(PollError) as caught:
+        magnet.fetch(deadline)
+    return caught.value
 
 
 def test_request_carries_key_user_agent_and_organization(
@@ -130,3 +161,151 @@ def test_errors_never_carry_the_key(http: httpx.Client, simulator: DemoApiServer
             client(http, simulator.url).fetch_sessions()
         reasons.append(repr(caught.value) + str(caught.value))
     assert not any(SECRET_KEY in reason for reason in reasons)
+
+
+def test_answer_carries_status_and_body(http: httpx.Client, simulator: DemoApiServer) -> None:
+    answer = client(http, simulator.url).fetch()
+    assert answer.status_code == 200
+    assert json.loads(answer.body) == simulator.magnet.sessions_response("acme")
+
+
+def test_default_body_limit_is_64_mib() -> None:
+    assert DEFAULT_MAX_RESPONSE_BYTES == 64 * 1024 * 1024
+
+
+def test_body_at_the_limit_is_read(http: httpx.Client, simulator: DemoApiServer) -> None:
+    simulator.fault = Fault(status=200, body=b"x" * 1000)
+    assert client(http, simulator.url, max_bytes=1000).fetch().body == b"x" * 1000
+
+
+def test_declared_length_past_the_limit_is_refused(
+    http: httpx.Client, simulator: DemoApiServer
+) -> None:
+    simulator.fault = Fault(status=200, body=b"x" * 1001)
+    error = fetch_error(client(http, simulator.url, max_bytes=1000))
+    assert error.outcome is Outcome.TOO_LARGE
+    assert error.status_code == 200
+    assert error.code == "200"
+    assert not error.transient
+    assert "MAGNET_MAX_RESPONSE_BYTES" in error.reason
+
+
+def test_body_without_length_is_abandoned_past_the_limit(http: httpx.Client) -> None:
+    # 8 GiB without Content-Length: reading it all would take far longer than the bound.
+    with faulty_api(FaultRates(oversized=1.0, oversized_bytes=8 * 2**30)) as server:
+        started = time.monotonic()
+        error = fetch_error(client(http, server.url, max_bytes=64 * 1024))
+        assert time.monotonic() - started < 2.0
+    assert error.outcome is Outcome.TOO_LARGE
+    assert [served.kind for served in server.served] == ["oversized"]
+
+
+def test_limit_applies_to_the_decoded_body(http: httpx.Client, simulator: DemoApiServer) -> None:
+    bomb = gzip.compress(b"0" * 2**20)  # a few kilobytes that unpack to 1 MiB
+    simulator.fault = Fault(status=200, body=bomb, headers=(("Content-Encoding", "gzip"),))
+    error = fetch_error(client(http, simulator.url, max_bytes=64 * 1024))
+    assert len(bomb) < 64 * 1024
+    assert error.outcome is Outcome.TOO_LARGE
+
+
+def test_undecodable_body_is_an_invalid_response(
+    http: httpx.Client, simulator: DemoApiServer
+) -> None:
+    simulator.fault = Fault(status=200, body=b"not gzip", headers=(("Content-Encoding", "gzip"),))
+    error = fetch_error(client(http, simulator.url))
+    assert error.outcome is Outcome.INVALID_RESPONSE
+    assert error.code == "200"
+
+
+def test_deadline_cuts_a_longer_request_timeout(simulator: DemoApiServer) -> None:
+    simulator.fault = Fault(status=200, body=b'{"sessions": []}', delay=3.0)
+    with httpx.Client(timeout=10.0) as patient:
+        started = time.monotonic()
+        error = fetch_error(client(patient, simulator.url), deadline=started + 0.3)
+        took = time.monotonic() - started
+    assert error.outcome is Outcome.TIMEOUT
+    assert error.code == "timeout"
+    assert 0.25 < took < 1.0
+
+
+def test_no_request_once_the_deadline_has_passed(
+    http: httpx.Client, simulator: DemoApiServer
+) -> None:
+    error = fetch_error(client(http, simulator.url), deadline=time.monotonic() - 0.001)
+    assert error.outcome is Outcome.TIMEOUT
+    assert simulator.requests == 0
+
+
+def test_reset_in_the_middle_of_the_body_is_a_connection_error(http: httpx.Client) -> None:
+    with faulty_api(FaultRates(reset=1.0)) as server:
+        error = fetch_error(client(http, server.url))
+    assert error.outcome is Outcome.CONNECTION_ERROR
+    assert error.code == "connection_error"
+    assert error.transient
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [(status, False) for status in (400, 401, 403, 404)]
+    + [(status, True) for status in (429, 500, 502, 503, 504)],
+)
+def test_only_429_and_5xx_statuses_are_transient(
+    http: httpx.Client, simulator: DemoApiServer, status: int, transient: bool
+) -> None:
+    simulator.fault = Fault(status=status)
+    error = fetch_error(client(http, simulator.url))
+    assert error.transient is transient
+    assert error.code == str(status)
+
+
+def test_timeouts_and_refused_connections_are_transient(simulator: DemoApiServer) -> None:
+    simulator.fault = Fault(status=200, body=b"{}", delay=1.0)
+    with httpx.Client(timeout=0.2) as impatient:
+        assert fetch_error(client(impatient, simulator.url)).transient
+        refused = fetch_error(client(impatient, f"http://127.0.0.1:{free_port()}"))
+    assert refused.transient
+    assert refused.code == "connection_error"
+
+
+def test_a_key_that_cannot_be_sent_is_not_transient(
+    http: httpx.Client, simulator: DemoApiServer
+) -> None:
+    broken = MagnetClient(http, simulator.url, StaticKey(SecretStr("k\n")))
+    error = fetch_error(broken)
+    assert error.outcome is Outcome.CONNECTION_ERROR
+    assert not error.transient
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_kept_on_429_and_503(
+    http: httpx.Client, simulator: DemoApiServer, status: int
+) -> None:
+    simulator.fault = Fault(status=status, headers=(("Retry-After", "7"),))
+    assert fetch_error(client(http, simulator.url)).retry_after == "7"
+
+
+def test_retry_after_is_ignored_on_other_statuses(
+    http: httpx.Client, simulator: DemoApiServer
+) -> None:
+    simulator.fault = Fault(status=500, headers=(("Retry-After", "7"),))
+    assert fetch_error(client(http, simulator.url)).retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        (" 2 ", 2.0),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        (formatdate(FIXED_NOW + 90, usegmt=True), 90.0),
+        (formatdate(FIXED_NOW + 90).replace("+0000", "-0000"), 90.0),
+        (formatdate(FIXED_NOW - 90, usegmt=True), 0.0),
+        ("-5", None),
+        ("soon", None),
+        ("", None),
+        ("1e9", None),
+    ],
+)
+def test_retry_after_values(value: str, seconds: float | None) -> None:
+    assert retry_after_seconds(value, FIXED_NOW) == seconds
