@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from conftest import FIXED_NOW, SECRET_KEY, FakeClock
 
-from magnet_exporter.demo import DemoApiServer, SimulatedMagnet
+from magnet_exporter.client import retry_after_seconds
+from magnet_exporter.demo import FAULT_KINDS, DemoApiServer, Fault, FaultRates, SimulatedMagnet
 from magnet_exporter.model import parse_snapshot
 
 MOMENTS = [FIXED_NOW + offset for offset in (0, 3.5, 61, 600, 3_600, 86_400, 604_800)]
@@ -84,3 +89,193 @@ def test_http_requires_a_key_and_honours_organization_id(simulator: DemoApiServe
     assert default == simulator.magnet.sessions_response("acme")
     assert globex == simulator.magnet.sessions_response("globex")
     assert httpx.get(simulator.url + "/api/other", headers=keyed, timeout=5).status_code == 404
+
+
+KEYED = {"x-api-key": SECRET_KEY}
+
+
+@contextlib.contextmanager
+def faulty(rates: FaultRates, seed: int = 0) -> Iterator[DemoApiServer]:
+    server = DemoApiServer(SimulatedMagnet(seed, FakeClock()), faults=rates).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(headers=KEYED, timeout=5) as client:
+        yield client
+
+
+def sessions(http: httpx.Client, server: DemoApiServer, timeout: float = 5) -> httpx.Response:
+    return http.get(server.url + "/api/sessions", timeout=timeout)
+
+
+def full_body(server: DemoApiServer) -> bytes:
+    return json.dumps(server.magnet.sessions_response("acme")).encode()
+
+
+MIXED = FaultRates(server_error=0.2, rate_limited=0.2, truncated=0.2, not_json=0.2)
+
+
+def kinds_served(http: httpx.Client, seed: int, requests: int) -> list[str]:
+    with faulty(MIXED, seed) as server:
+        for _ in range(requests):
+            sessions(http, server)
+        return [served.kind for served in server.served]
+
+
+def test_injected_faults_are_deterministic_for_a_seed(http: httpx.Client) -> None:
+    first = kinds_served(http, seed=3, requests=30)
+    assert first == kinds_served(http, seed=3, requests=30)
+    assert first != kinds_served(http, seed=4, requests=30)
+    assert set(first) == {"server_error", "rate_limited", "truncated", "not_json", "ok"}
+
+
+def test_rates_are_laid_out_in_order() -> None:
+    rates = FaultRates(server_error=0.25, reset=0.25)
+    assert rates.pick(0.0) == "server_error"
+    assert rates.pick(0.2499) == "server_error"
+    assert rates.pick(0.25) == "reset"
+    assert rates.pick(0.4999) == "reset"
+    assert rates.pick(0.5) is None
+    assert FaultRates().pick(0.0) is None
+
+
+def test_rates_are_roughly_the_chances(http: httpx.Client) -> None:
+    with faulty(FaultRates(server_error=0.5), seed=1) as server:
+        statuses = collections.Counter(sessions(http, server).status_code for _ in range(200))
+    errors = sum(count for status, count in statuses.items() if status >= 500)
+    assert 70 <= errors <= 130, statuses
+    assert set(statuses) <= {200, 500, 502, 503}
+
+
+def test_server_errors_and_the_retry_after_of_a_503(http: httpx.Client) -> None:
+    with faulty(FaultRates(server_error=1.0, retry_after_seconds=4)) as server:
+        answers = [sessions(http, server) for _ in range(30)]
+    assert {answer.status_code for answer in answers} == {500, 502, 503}
+    for answer in answers:
+        expected = "4" if answer.status_code == 503 else None
+        assert answer.headers.get("retry-after") == expected
+
+
+def test_rate_limits_carry_retry_after_in_seconds_or_as_a_date(http: httpx.Client) -> None:
+    with faulty(FaultRates(rate_limited=1.0, retry_after_seconds=7)) as server:
+        values = [sessions(http, server).headers["retry-after"] for _ in range(20)]
+    assert "7" in values
+    dates = [value for value in values if value != "7"]
+    assert dates
+    for value in dates:
+        seconds = retry_after_seconds(value, FIXED_NOW)
+        assert seconds is not None
+        assert 7 <= seconds < 8  # rounded up to the second, never shorter
+
+
+def test_slow_answers_come_after_the_delay(http: httpx.Client) -> None:
+    with faulty(FaultRates(slow=1.0, slow_seconds=0.3)) as server:
+        started = time.monotonic()
+        answer = sessions(http, server)
+        assert time.monotonic() - started >= 0.3
+        assert answer.content == full_body(server)
+
+
+def test_truncated_body_is_a_complete_answer_with_half_the_json(http: httpx.Client) -> None:
+    with faulty(FaultRates(truncated=1.0)) as server:
+        answer = sessions(http, server)
+        body = full_body(server)
+    assert answer.status_code == 200
+    assert answer.content == body[: len(body) // 2]
+    with pytest.raises(json.JSONDecodeError):
+        answer.json()
+
+
+def test_not_json_is_an_html_page(http: httpx.Client) -> None:
+    with faulty(FaultRates(not_json=1.0)) as server:
+        answer = sessions(http, server)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "text/html"
+    assert answer.text.startswith("<html>")
+
+
+def test_oversized_body_has_no_length_and_the_size_asked_for(http: httpx.Client) -> None:
+    with faulty(FaultRates(oversized=1.0, oversized_bytes=300_000)) as server:
+        answer = sessions(http, server)
+    assert "content-length" not in answer.headers
+    assert len(answer.content) == 300_000
+    assert answer.json()["sessions"] == []
+
+
+def test_reset_breaks_the_connection_in_the_middle_of_the_body(http: httpx.Client) -> None:
+    with faulty(FaultRates(reset=1.0)) as server, pytest.raises(httpx.TransportError):
+        sessions(http, server)
+
+
+def test_injected_faults_still_need_no_key_to_be_refused() -> None:
+    with faulty(FaultRates(server_error=1.0)) as server:
+        assert httpx.get(server.url + "/api/sessions", timeout=5).status_code == 401
+        assert [served.kind for served in server.served] == ["unauthorized"]
+
+
+def test_pushed_faults_answer_the_next_requests_in_turn(
+    http: httpx.Client, simulator: DemoApiServer
+) -> None:
+    simulator.push(Fault(status=500), Fault(status=429))
+    assert [sessions(http, simulator).status_code for _ in range(3)] == [500, 429, 200]
+    assert [served.kind for served in simulator.served] == ["fault", "fault", "ok"]
+    assert simulator.requests == 3
+
+
+def test_a_set_fault_answers_every_request_after_the_pushed_ones(
+    http: httpx.Client, simulator: DemoApiServer
+) -> None:
+    simulator.push(Fault(status=502))
+    simulator.fault = Fault(status=503)
+    assert [sessions(http, simulator).status_code for _ in range(3)] == [502, 503, 503]
+
+
+def test_request_log_is_bounded_and_in_arrival_order(
+    http: httpx.Client, simulator: DemoApiServer
+) -> None:
+    for _ in range(3):
+        sessions(http, simulator)
+    arrivals = [served.arrived for served in simulator.served]
+    assert arrivals == sorted(arrivals)
+    assert simulator.served.maxlen is not None
+
+
+def test_stop_cuts_a_slow_answer_short(http: httpx.Client) -> None:
+    with faulty(FaultRates(slow=1.0, slow_seconds=30)) as server:
+        waiting = threading.Thread(target=lambda: sessions(http, server, timeout=60), daemon=True)
+        waiting.start()
+        while server.requests == 0:
+            time.sleep(0.01)
+        started = time.monotonic()
+    waiting.join(timeout=5)
+    assert not waiting.is_alive()
+    assert time.monotonic() - started < 2
+
+
+def test_rates_from_text() -> None:
+    rates = FaultRates.parse(" server_error=0.1, slow=0.05,slow_seconds=12, oversized_bytes=99,")
+    assert rates == FaultRates(server_error=0.1, slow=0.05, slow_seconds=12, oversized_bytes=99)
+    assert FaultRates.parse("") == FaultRates()
+    assert set(FAULT_KINDS) < {field for field in FaultRates.__dataclass_fields__}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("teapot=0.1", "unknown fault setting 'teapot'"),
+        ("slow", "slow: not a number"),
+        ("slow=often", "slow: not a number"),
+        ("oversized_bytes=1.5", "oversized_bytes: not a number"),
+        ("slow=1.5", "between 0 and 1"),
+        ("slow=0.6,reset=0.6", "add up to at most 1"),
+        ("slow_seconds=-1", "must be >= 0"),
+    ],
+)
+def test_bad_rates_from_text(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FaultRates.parse(spec)
