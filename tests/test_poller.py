@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -16,8 +16,11 @@ from pydantic import SecretStr
 from magnet_exporter.client import MagnetClient, Outcome
 from magnet_exporter.demo import DemoApiServer, Fault
 from magnet_exporter.keys import StaticKey
-from magnet_exporter.poller import Poller, PollMetrics
+from magnet_exporter.poller import Poller, PollMetrics, RetryPolicy
 from magnet_exporter.series import SessionSeries
+
+# Short pauses between retries: these tests are about the loop, test_retry about the policy.
+QUICK_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.05)
 
 
 @pytest.fixture
@@ -37,15 +40,22 @@ def make_poller(
     registry: CollectorRegistry,
     interval: float = 60,
     max_label_values: int = 100,
+    key: Callable[[], SecretStr] | None = None,
 ) -> Poller:
-    client = MagnetClient(http, simulator.url, StaticKey(SecretStr(SECRET_KEY)))
+    client = MagnetClient(http, simulator.url, key or StaticKey(SecretStr(SECRET_KEY)))
     series = SessionSeries(("status", "model"), max_label_values)
-    return Poller(client, series, PollMetrics(registry), "acme", interval, FakeClock())
+    metrics = PollMetrics(registry)
+    return Poller(client, series, metrics, "acme", interval, FakeClock(), retry=QUICK_RETRIES)
 
 
 def polls(registry: CollectorRegistry, outcome: str) -> float | None:
     labels = {"organization": "acme", "outcome": outcome}
     return registry.get_sample_value("magnet_exporter_polls_total", labels)
+
+
+def requests(registry: CollectorRegistry, code: str) -> float | None:
+    labels = {"organization": "acme", "code": code}
+    return registry.get_sample_value("magnet_exporter_requests_total", labels)
 
 
 def test_every_outcome_starts_at_zero(
@@ -76,6 +86,9 @@ def test_success_then_failure_keeps_the_last_good_snapshot(
     assert (polls(registry, "success"), polls(registry, "server_error")) == (1, 1)
     duration = {"organization": "acme"}
     assert registry.get_sample_value("magnet_exporter_poll_duration_seconds_count", duration) == 2
+    # The 503 was retried within the poll: every request is counted, the poll once.
+    assert (requests(registry, "200"), requests(registry, "503")) == (1, 3)
+    assert simulator.requests == 4
 
 
 def test_failure_is_one_log_line_with_status_and_reason(
@@ -133,3 +146,31 @@ def test_loop_polls_at_once_then_every_interval_and_stops(
     assert not loop.is_alive()
     assert simulator.requests >= 3
     assert polls(registry, "success") == simulator.requests
+    assert requests(registry, "200") == simulator.requests
+
+
+def test_a_poll_that_crashes_does_not_end_the_loop(
+    http: httpx.Client,
+    simulator: DemoApiServer,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken_key() -> SecretStr:
+        raise RuntimeError("a bug")
+
+    poller = make_poller(http, simulator, registry, interval=0.05, key=broken_key)
+    stop = threading.Event()
+    loop = threading.Thread(target=poller.run, args=(stop,))
+    with caplog.at_level(logging.ERROR):
+        loop.start()
+        try:
+            deadline = time.monotonic() + 5
+            while len(caplog.records) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            loop.join(timeout=2)
+    assert not loop.is_alive()
+    assert len(caplog.records) >= 3  # it went on polling after the first crash
+    assert {record.getMessage() for record in caplog.records} == {"poll crashed; polling goes on"}
+    assert all(record.exc_info for record in caplog.records)
