@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +15,18 @@ import bcrypt
 import httpx
 import pytest
 import trustme
+import yaml
 from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from prometheus_client import CollectorRegistry, Gauge
 
 from magnet_exporter.server import ExporterApp, HttpServer
 from magnet_exporter.webconfig import BasicAuth, WebConfig, WebConfigError, load_web_config
+
+# Keep hypothesis' `.hypothesis` folder out of the repository.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "magnet-exporter-hypothesis")
 
 PASSWORD = "correct horse battery staple"
 FAST_HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
@@ -620,3 +628,101 @@ def test_every_problem_is_reported_at_once_one_line_each(pki: Pki) -> None:
     assert all("\n" not in problem for problem in problems)
     # A password written in the clear by mistake is never repeated.
     assert "hunter" not in str(raised.value)
+
+
+# Anything else in the file: a WebConfig or a WebConfigError, never another exception.
+
+NAMES = (
+    "tls_server_config",
+    "http_server_config",
+    "basic_auth_users",
+    "rate_limit",
+    "cert_file",
+    "key_file",
+    "client_ca_file",
+    "client_auth_type",
+    "min_version",
+    "max_version",
+    "cert",
+    "headers",
+    "http2",
+    "X-Frame-Options",
+    "alice",
+)
+VALUES = (
+    "cert.pem",
+    "key.pem",
+    "ca.pem",
+    "web.yml",
+    ".",
+    "TLS13",
+    "TLS10",
+    "RequireAndVerifyClientCert",
+    "VerifyClientCertIfGiven",
+    "RequestClientCert",
+    "deny",
+    FAST_HASH,
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(VALUES)
+)
+DOCUMENTS = st.recursive(
+    SCALARS,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(NAMES) | st.text(max_size=8) | st.integers(), children)
+    ),
+    max_leaves=16,
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_folder(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fuzz")
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(folder / "cert.pem")
+    leaf.private_key_pem.write_to_path(folder / "key.pem")
+    ca.cert_pem.write_to_path(folder / "ca.pem")
+    return folder
+
+
+def problems_of(folder: Path, text: str) -> list[str]:
+    """The problems of a file, none if it loads; any other exception fails the test."""
+    try:
+        load_web_config(write_config(folder, text))
+    except WebConfigError as error:
+        return error.problems
+    return []
+
+
+def assert_one_line_each(problems: list[str]) -> None:
+    for problem in problems:
+        assert problem
+        assert problem.isprintable(), problem
+
+
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=300,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@FUZZ
+@given(document=DOCUMENTS)
+def test_any_document_loads_or_gives_problems(fuzz_folder: Path, document: object) -> None:
+    assert_one_line_each(problems_of(fuzz_folder, yaml.safe_dump({"tls_server_config": document})))
+    assert_one_line_each(problems_of(fuzz_folder, yaml.safe_dump(document)))
+
+
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_any_text_loads_or_gives_problems(fuzz_folder: Path, text: str) -> None:
+    assert_one_line_each(problems_of(fuzz_folder, text))

@@ -147,6 +147,8 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                break  # the base class reports it
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -178,7 +180,7 @@ def _parse(document: object, base: Path, problems: list[str]) -> WebConfig:
     top = _section(document, "", problems)
     tls_section = _section(top.get("tls_server_config"), "tls_server_config", problems)
     http_section = _section(top.get("http_server_config"), "http_server_config", problems)
-    if not isinstance(http_section.get("http2", False), bool):
+    if not isinstance(http_section.get("http2", False), (bool, type(None))):
         problems.append("http_server_config.http2: must be true or false")
     return WebConfig(
         tls=_tls(tls_section, base, problems) if tls_section else None,
