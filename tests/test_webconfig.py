@@ -17,7 +17,7 @@ import pytest
 import trustme
 import yaml
 from cryptography.hazmat.primitives import serialization
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from prometheus_client import CollectorRegistry, Gauge
@@ -724,5 +724,7 @@ def test_any_document_loads_or_gives_problems(fuzz_folder: Path, document: objec
 
 @FUZZ
 @given(text=st.text(max_size=200))
+@example(text="? [a, b]\n: 1\n")  # a list as a key
+@example(text="a: &x {k: 1}\nb:\n  <<: *x\n  k: 2\n")  # a merge key, overridden
 def test_any_text_loads_or_gives_problems(fuzz_folder: Path, text: str) -> None:
     assert_one_line_each(problems_of(fuzz_folder, text))
