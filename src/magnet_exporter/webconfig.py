@@ -141,11 +141,9 @@ class _StrictLoader(yaml.SafeLoader):
     """A safe loader that refuses a key given twice, instead of keeping the last one."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        """Build a mapping, raising on a key given twice (merged keys may be overridden)."""
+        """Build a mapping, raising on a key given twice (merged-in keys may be overridden)."""
         seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
+        for key_node, _ in node.value:  # before merge keys are expanded into the node
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, Hashable):
                 break  # the base class reports it
