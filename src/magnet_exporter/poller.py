@@ -160,8 +160,8 @@ class Poller:
         return self.state
 
     def _failed(self, error: PollError, started: float) -> PollState:
-        fields = {"outcome": error.outcome.value, "status": error.status_code}
-        fields["reason"] = error.reason
+        outcome, status, reason = error.outcome.value, error.status_code, error.reason
+        fields = {"outcome": outcome, "status": status, "reason": reason}
         if isinstance(error, HeldBackError):
             # The wait was logged when it began: one line, not one per poll.
             log.debug("poll held back", extra=self._log_fields(started, fields))
@@ -202,7 +202,8 @@ class Poller:
                 return self._request(deadline)
             except PollError as error:
                 pause = self._pause_before_retry(error, deadline)
-                if pause is None or stop.wait(pause):
+                # A pause can oversleep a little: past the deadline, no request goes out.
+                if pause is None or stop.wait(pause) or time.monotonic() >= deadline:
                     raise
             self._quiet_until = None  # the pause covered what Retry-After asked for
 
