@@ -117,7 +117,8 @@ def retry_after_seconds(value: str, now: float) -> float | None:
 
 def _status_error(response: httpx.Response) -> PollError:
     code = response.status_code
-    reason = f"{code} {response.reason_phrase or 'HTTP error'}".rstrip()
+    # The reason phrase is the server's free text: keep it to a line's worth.
+    reason = f"{code} {response.reason_phrase[:100] or 'HTTP error'}".rstrip()
     hint = _STATUS_HINTS.get(code)
     retry_after = response.headers.get("retry-after") if code in _RETRY_AFTER_STATUSES else None
     if code == 429 and retry_after is not None:
