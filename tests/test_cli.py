@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import bcrypt
 import httpx
 import pytest
+import trustme
 from conftest import SECRET_KEY, exporter_env, free_port, wait_for_status
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -118,6 +121,66 @@ def test_check_polls_every_organization_of_the_file(
         "acme": 1,
         "globex": 1,
     }
+
+
+def test_bad_web_config_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: absent.crt\n")
+    result = run(["--demo", "--web.config.file", "web.yml"], tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines
+    assert all(
+        line.startswith(
+            "magnet-exporter: configuration error: MAGNET_WEB_CONFIG_FILE (--web.config.file): "
+        )
+        for line in lines
+    )
+    assert any("cert_file" in line for line in lines)
+
+
+def test_web_config_serves_https_with_basic_auth(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "server.crt"))
+    certificate.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+    hashed = bcrypt.hashpw(b"scrape-pass", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    port = free_port()
+    process = start(
+        ["--demo", "--listen-address", f"127.0.0.1:{port}", "--web.config.file", "web.yml"],
+        tmp_path,
+    )
+    base = f"https://127.0.0.1:{port}"
+    try:
+        trust = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        with httpx.Client(verify=trust, timeout=5) as client:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    healthy = client.get(base + "/-/healthy")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "no HTTPS answer within 15 s"
+                    time.sleep(0.05)
+            assert healthy.status_code == 200  # no password needed
+            assert client.get(base + "/metrics").status_code == 401
+            wrong = client.get(base + "/metrics", auth=("prometheus", "nope"))
+            assert wrong.status_code == 401
+            right = client.get(base + "/metrics", auth=("prometheus", "scrape-pass"))
+            assert right.status_code == 200
+            assert "magnet_exporter_build_info{" in right.text
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/-/healthy", timeout=2)
+        stop_within(process, signal.SIGTERM, 2.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    assert process.returncode == 0
 
 
 def test_dotenv_file_is_read(tmp_path: Path, simulator: DemoApiServer) -> None:

@@ -30,6 +30,7 @@ from magnet_exporter.poller import Clock, Poller, PollMetrics, PollState
 from magnet_exporter.series import SessionSeries
 from magnet_exporter.server import ExporterApp, HttpServer
 from magnet_exporter.settings import FLAGS, Settings, describe_errors, split_listen_address
+from magnet_exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger("magnet_exporter")
 
@@ -46,8 +47,10 @@ _OPTIONS: Sequence[tuple[str, type, str, str]] = (
     ("organization", str, "NAME", "organization label (default: the id, else 'default')"),
     ("poll_interval_seconds", float, "SECONDS", "seconds between polls, at least 5 (default 60)"),
     ("request_timeout_seconds", float, "SECONDS", "timeout of one request (default 10)"),
+    ("max_response_bytes", int, "BYTES", "abandon larger answers (default 67108864, 64 MiB)"),
     ("stale_after_seconds", float, "SECONDS", "serve data no older than this (default 3 polls)"),
     ("listen_address", str, "HOST:PORT", "HTTP listen address (default 0.0.0.0:9877)"),
+    ("web_config_file", str, "FILE", "TLS and basic auth, in the Prometheus web config format"),
     (
         "session_labels",
         str,
@@ -110,7 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "check":
         return check(settings)
-    return serve(settings)
+    try:
+        web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
+    except WebConfigError as error:
+        for problem in error.problems:
+            print(
+                f"magnet-exporter: configuration error: MAGNET_WEB_CONFIG_FILE "
+                f"(--web.config.file): {problem}",
+                file=sys.stderr,
+            )
+        return EXIT_CONFIG_ERROR
+    return serve(settings, web_config)
 
 
 class Exporter:
@@ -126,7 +139,13 @@ class Exporter:
         metrics = PollMetrics(registry)
         self.pollers: dict[str, Poller] = {}
         for target in settings.targets():
-            client = MagnetClient(http, settings.api_url, target.key, target.organization_id)
+            client = MagnetClient(
+                http,
+                settings.api_url,
+                target.key,
+                target.organization_id,
+                max_response_bytes=settings.max_response_bytes,
+            )
             self.pollers[target.name] = Poller(
                 client,
                 SessionSeries(settings.session_labels, settings.max_label_values),
@@ -203,7 +222,7 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, web_config: WebConfig | None = None) -> int:
     """Poll in the background and serve HTTP until SIGTERM or SIGINT; return the exit code."""
     stop = _stop_on_signals()
     with _demo_api_if(settings) as settings:
@@ -211,7 +230,7 @@ def serve(settings: Settings) -> int:
         exporter = Exporter(settings, http, exporter_registry())
         host, port = settings.listen_host_port
         try:
-            server = HttpServer(exporter.app, host, port)
+            server = HttpServer(exporter.app, host, port, web_config)
         except OSError as error:
             log.error(
                 "cannot listen", extra={"address": settings.listen_address, "error": str(error)}
@@ -221,7 +240,7 @@ def serve(settings: Settings) -> int:
         log.info(
             "serving metrics",
             extra={
-                "address": f"{host}:{server.port}",
+                "address": f"{server.scheme}://{host}:{server.port}",
                 "organization": settings.organization,
                 "api_url": settings.api_url,
                 "poll_interval_seconds": settings.poll_interval_seconds,

@@ -33,8 +33,10 @@ FLAGS = {
     "organization": "--organization",
     "poll_interval_seconds": "--poll-interval",
     "request_timeout_seconds": "--request-timeout",
+    "max_response_bytes": "--max-response-bytes",
     "stale_after_seconds": "--stale-after",
     "listen_address": "--listen-address",
+    "web_config_file": "--web.config.file",
     "session_labels": "--session-labels",
     "max_label_values": "--max-label-values",
     "log_level": "--log-level",
@@ -78,8 +80,10 @@ class Settings(BaseSettings):
     organization: str = ""
     poll_interval_seconds: float = Field(default=60.0, ge=MIN_POLL_INTERVAL_SECONDS)
     request_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     stale_after_seconds: float | None = Field(default=None, gt=0)
     listen_address: str = "0.0.0.0:9877"
+    web_config_file: Path | None = None
     session_labels: Annotated[tuple[str, ...], NoDecode] = ("status", "pr_status", "model")
     # Five: every documented PR status must fit, or zero series would fold into `other`.
     max_label_values: int = Field(default=100, ge=5)
