@@ -1,0 +1,221 @@
+"""Load: 50 concurrent scrapers against a real exporter on loopback while polls run.
+
+Every response must be a 200 whose body prometheus-client's parser reads (half the scrapers ask
+for OpenMetrics as Prometheus does, half for the text format), and every scrape must see one
+whole poll. Bodies are parsed after the load, so that the scrapers measure the exporter rather
+than the parser. The request count and latency percentiles are printed (`pytest -s` shows them);
+they are information, not assertions: timings belong in the benchmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from conftest import FakeClock, RunningExporter, background_process, exporter_env, free_port
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families as text_families
+
+from magnet_exporter.demo import LISTED_SESSIONS
+
+SCRAPERS = 50
+REQUESTS_PER_SCRAPER = 100
+"""Bounds the load (and the bodies kept for parsing) by count; each test bounds it by time."""
+TIMEOUT_SECONDS = 30
+"""Generous on purpose: how long a scrape takes is reported, not asserted."""
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+"""What Prometheus sends when it scrapes."""
+
+
+@dataclasses.dataclass
+class Scrape:
+    openmetrics: bool
+    seconds: float
+    status: int | None = None
+    body: str = ""
+    problem: str | None = None
+    polls: float | None = None
+    """Successful polls the exporter had counted when it answered (read after the load)."""
+
+
+def read(scrape: Scrape, organization: str) -> None:
+    """Parse the body of one /metrics answer; set its problem (if any) and poll count."""
+    if scrape.problem is not None:
+        return
+    if scrape.status != 200:
+        scrape.problem = f"HTTP {scrape.status}"
+        return
+    parse = openmetrics_families if scrape.openmetrics else text_families
+    try:
+        families = list(parse(scrape.body))
+    except Exception as error:  # any parse error is a finding, reported with the others
+        scrape.problem = f"unparsable: {error!r}"
+        return
+    totals: dict[str, float] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.labels.get("organization") != organization:
+                continue
+            if sample.name in ("magnet_sessions", "magnet_up"):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            elif (
+                sample.name == "magnet_exporter_polls_total"
+                and sample.labels["outcome"] == "success"
+            ):
+                scrape.polls = sample.value
+    if totals.get("magnet_up") != 1:
+        scrape.problem = f"magnet_up is {totals.get('magnet_up')}"
+    # One whole poll: the simulator always lists exactly LISTED_SESSIONS sessions.
+    elif totals.get("magnet_sessions") != LISTED_SESSIONS:
+        scrape.problem = f"sum(magnet_sessions) is {totals.get('magnet_sessions')}"
+    elif scrape.polls is None:
+        scrape.problem = "no magnet_exporter_polls_total{outcome='success'}"
+    scrape.body = ""  # parsed: let it go
+
+
+def scrape_concurrently(
+    url: str, seconds: float, until: Callable[[], bool] = lambda: True
+) -> tuple[list[list[Scrape]], float]:
+    """Scrape for `seconds`, on until `until()` is true, then 0.5 s more (2 x `seconds` at most)."""
+    start = threading.Barrier(SCRAPERS + 1)
+    results: list[list[Scrape]] = [[] for _ in range(SCRAPERS)]
+    bounds: dict[str, float] = {}
+
+    settled = threading.Event()
+
+    def done() -> bool:
+        now = time.monotonic()
+        if now >= bounds["soft"] and not settled.is_set() and until():
+            settled.set()  # scrape on a little, so that scrapes see what `until` saw
+            bounds["end"] = min(bounds["end"], now + 0.5)
+        return now >= bounds["end"]
+
+    def scraper(scrapes: list[Scrape], openmetrics: bool) -> None:
+        headers = {"accept": PROMETHEUS_ACCEPT} if openmetrics else {}
+        with httpx.Client(timeout=TIMEOUT_SECONDS, headers=headers) as client:
+            start.wait()
+            while len(scrapes) < REQUESTS_PER_SCRAPER and not done():
+                scrape = Scrape(openmetrics, 0.0)
+                began = time.perf_counter()
+                try:
+                    response = client.get(url)
+                except httpx.HTTPError as error:
+                    scrape.problem = repr(error)
+                else:
+                    scrape.status, scrape.body = response.status_code, response.text
+                scrape.seconds = time.perf_counter() - began
+                scrapes.append(scrape)
+
+    threads = [
+        threading.Thread(target=scraper, args=(scrapes, index % 2 == 1), name=f"scraper-{index}")
+        for index, scrapes in enumerate(results)
+    ]
+    for thread in threads:
+        thread.start()
+    began = time.monotonic()
+    bounds.update(soft=began + seconds, end=began + 2 * seconds)
+    start.wait()
+    for thread in threads:
+        thread.join(timeout=2 * seconds + TIMEOUT_SECONDS + 5)
+    assert not any(thread.is_alive() for thread in threads)
+    return results, time.monotonic() - began
+
+
+def check_and_report(
+    title: str, results: list[list[Scrape]], organization: str, duration: float, polls: int
+) -> None:
+    scrapes = [scrape for scrapes in results for scrape in scrapes]
+    latencies = sorted(scrape.seconds * 1000 for scrape in scrapes)
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    print(
+        f"\n{title}: {len(scrapes)} requests by {SCRAPERS} scrapers in {duration:.2f} s "
+        f"({len(scrapes) / duration:.0f}/s) while {polls} polls ran; latency ms: "
+        f"p50 {cuts[49]:.1f}, p90 {cuts[89]:.1f}, p99 {cuts[98]:.1f}, max {latencies[-1]:.1f}"
+    )
+    assert all(scrapes for scrapes in results), "some scraper got no answer at all"
+    for scrape in scrapes:
+        read(scrape, organization)
+    problems = [scrape.problem for scrape in scrapes if scrape.problem is not None]
+    assert not problems, f"{len(problems)} of {len(scrapes)} scrapes failed, e.g. {problems[:5]}"
+    assert {scrape.status for scrape in scrapes} == {200}
+    assert {scrape.openmetrics for scrape in scrapes} == {True, False}
+    for scraper_scrapes in results:  # each scraper sees the poll count only go up
+        counts = [scrape.polls or 0.0 for scrape in scraper_scrapes]
+        assert counts == sorted(counts)
+    seen = {scrape.polls for scrape in scrapes}
+    assert len(seen) > 1, f"every scrape saw poll {seen}: no poll ran during the load"
+
+
+def test_fifty_scrapers_while_polls_run_in_process(
+    exporter_factory: Callable[..., RunningExporter], sim_clock: FakeClock
+) -> None:
+    """The exporter of the tests, polling as fast as it can (every 20 ms) during the load."""
+    exporter = exporter_factory()
+    assert exporter.poll().up
+    stop = threading.Event()
+    polls: list[bool] = []
+
+    def poll_again_and_again() -> None:
+        while not stop.wait(0.02):
+            sim_clock.advance(7)  # the simulated API's answers change from poll to poll
+            polls.append(exporter.poll().up)
+
+    poller = threading.Thread(target=poll_again_and_again, name="poll-loop")
+    poller.start()
+    try:
+        results, duration = scrape_concurrently(exporter.url + "/metrics", 2.0)
+    finally:
+        stop.set()
+        poller.join(timeout=10)
+    assert not poller.is_alive()
+    assert polls
+    assert all(polls), f"{polls.count(False)} of {len(polls)} polls failed"
+    check_and_report("in-process exporter", results, "default", duration, len(polls))
+
+
+def test_fifty_scrapers_against_the_demo_exporter(tmp_path: Path) -> None:
+    """`magnet-exporter --demo` in its own process: scrape until it has polled again."""
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "magnet_exporter", "--demo", "--listen-address", address]
+    url = f"http://{address}"
+    with background_process(command, tmp_path / "exporter.log", f"{url}/-/ready", exporter_env()):
+        first = Scrape(False, 0.0)
+        response = httpx.get(f"{url}/metrics", timeout=TIMEOUT_SECONDS)
+        first.status, first.body = response.status_code, response.text
+        read(first, "default")
+        assert first.problem is None, first.problem
+        assert first.polls is not None
+
+        seen = {"again": False, "next_look": 0.0}
+        looking = threading.Lock()
+
+        def polled_again() -> bool:
+            """Look (at most every 0.2 s, one scraper at a time) whether a poll has run since."""
+            if seen["again"] or time.monotonic() < seen["next_look"]:
+                return seen["again"]
+            if looking.acquire(blocking=False):
+                try:
+                    seen["next_look"] = time.monotonic() + 0.2
+                    scrape = Scrape(False, 0.0)
+                    response = httpx.get(f"{url}/metrics", timeout=TIMEOUT_SECONDS)
+                    scrape.status, scrape.body = response.status_code, response.text
+                    read(scrape, "default")
+                    seen["again"] = (scrape.polls or 0.0) > (first.polls or 0.0)
+                finally:
+                    looking.release()
+            return seen["again"]
+
+        # The demo polls every 5 s: scrape for 4 s, then on until it has polled (8 s at most).
+        results, duration = scrape_concurrently(f"{url}/metrics", 4.0, polled_again)
+    check_and_report("demo exporter subprocess", results, "default", duration, 1)
