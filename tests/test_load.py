@@ -10,7 +10,9 @@ they are information, not assertions: timings belong in the benchmarks.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import FakeClock, RunningExporter, background_process, exporter_env, free_port
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -219,3 +222,19 @@ def test_fifty_scrapers_against_the_demo_exporter(tmp_path: Path) -> None:
         # The demo polls every 5 s: scrape for 4 s, then on until it has polled (8 s at most).
         results, duration = scrape_concurrently(f"{url}/metrics", 4.0, polled_again)
     check_and_report("demo exporter subprocess", results, "default", duration, 1)
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read the backlog")
+def test_the_listen_backlog_holds_fifty_scrapers(
+    exporter_factory: Callable[..., RunningExporter],
+) -> None:
+    """Past the backlog, connections wait for SYN-ACK retransmissions: 1, 3, 7, 15 s."""
+    exporter = exporter_factory()
+    listening = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{exporter.server.port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    backlog = int(listening[2])  # for a listening socket, Send-Q is the backlog
+    assert backlog >= SCRAPERS

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -288,3 +290,45 @@ def test_a_running_exporter_never_shows_the_key(tmp_path: Path, simulator: DemoA
     assert not leaks(output), output
     for page in seen:
         assert not leaks(page), page
+
+
+@pytest.fixture
+def reason_echoing_api() -> Iterator[str]:
+    """An upstream whose 401 status line echoes the key as its reason phrase; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    status_line = f"HTTP/1.1 401 Invalid API key {SECRET_KEY}\r\n"
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                connection.recv(65536)
+                connection.sendall(
+                    (status_line + "Content-Length: 0\r\nConnection: close\r\n\r\n").encode()
+                )
+
+    thread = threading.Thread(target=serve, name="reason-echoing-api")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_check_never_shows_the_key_echoed_in_the_reason_phrase(
+    tmp_path: Path, reason_echoing_api: str
+) -> None:
+    results = run_checks(reason_echoing_api, tmp_path)
+    for way, result in results.items():
+        where = f"{way}: exit {result.returncode}\n{result.stderr}"
+        assert result.returncode == 1, where
+        assert "unauthorized" in result.stderr, where
+        assert not leaks(result.stdout + result.stderr), where

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import http
 import re
 import time
 from collections.abc import Callable
@@ -117,18 +118,25 @@ def retry_after_seconds(value: str, now: float) -> float | None:
 
 def _status_error(response: httpx.Response) -> PollError:
     code = response.status_code
-    # The reason phrase is the server's free text: keep it to a line's worth.
-    reason = f"{code} {response.reason_phrase[:100] or 'HTTP error'}".rstrip()
+    # The standard phrase, not the server's: free text from upstream could echo the key.
+    reason = f"{code} {_standard_phrase(code)}"
     hint = _STATUS_HINTS.get(code)
     retry_after = response.headers.get("retry-after") if code in _RETRY_AFTER_STATUSES else None
-    if code == 429 and retry_after is not None:
-        hint = f"{hint} (Retry-After: {retry_after[:64]})"
+    if code == 429 and retry_after is not None and retry_after_seconds(retry_after, 0) is not None:
+        hint = f"{hint} (Retry-After: {retry_after.strip()})"  # a number or a date: safe to show
     if 300 <= code < 400:
         hint = "redirects are not followed; set MAGNET_API_URL to the final address"
     elif hint is None and code >= 500:
         hint = "Magnet reported a server error"
     message = f"{reason}: {hint}" if hint else reason
     return PollError(outcome_for_status(code), message, code, retry_after=retry_after)
+
+
+def _standard_phrase(code: int) -> str:
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return "HTTP error"
 
 
 def _too_large(status_code: int, limit: int) -> PollError:

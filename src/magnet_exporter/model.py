@@ -29,11 +29,10 @@ STATS_FIELDS = ("mergesPastWeek", "authorsPastWeek", "humansPastWeek", "humansPr
 MAX_LABEL_LENGTH = 128
 
 
-def _field(path: str | None = None) -> Any:
+def _field(path: str | None = None, *, le: int | None = None) -> Any:
     """Declare a session field that may be missing or null (then None), maybe at a nested path."""
-    if path is None:
-        return pydantic.Field(default=None)
-    return pydantic.Field(default=None, validation_alias=pydantic.AliasPath(*path.split(".")))
+    alias = pydantic.AliasPath(*path.split(".")) if path else None
+    return pydantic.Field(default=None, validation_alias=alias, ge=0 if le else None, le=le)
 
 
 # Only the fields the exporter reads, flattened, and named after the labels they feed:
@@ -47,7 +46,8 @@ class _Session(TypedDict):
     author: Annotated[str | None, _field("author.id")]
     createdAt: Annotated[datetime | None, _field()]
     updatedAt: Annotated[datetime | None, _field()]
-    messageCount: Annotated[int | None, _field()]
+    # Bounded so that sums stay exact as floats in the exposition (Python ints are unbounded).
+    messageCount: Annotated[int | None, _field(le=2**40)]
 
 
 class _Stats(TypedDict, total=False):

@@ -165,6 +165,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scraper must not hold up shutdown
+    # socketserver's default backlog of 5 leaves a burst of scrapers waiting for SYN
+    # retransmissions (1 s, 3 s, 7 s): past a scrape timeout.
+    request_queue_size = socket.SOMAXCONN
 
     def process_request_thread(
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
