@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,3 +212,31 @@ def test_promtool_accepts_the_exposition(exporter: RunningExporter) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == ""
     assert checked.stderr.strip() == ""
+
+
+def test_one_organization_failing_leaves_the_others_alone(
+    exporter_factory: Factory, simulator: DemoApiServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "magnet.yml"
+    config.write_text(
+        "organizations:\n"
+        "  - name: acme\n    api_key: acme-key\n"
+        "  - name: globex\n    api_key: globex-key\n    organization_id: globex\n"
+    )
+    exporter = exporter_factory(config_file=config, api_key=None)
+    simulator.revoked_keys.add("globex-key")
+    states = {name: poller.poll_once() for name, poller in exporter.exporter.pollers.items()}
+    assert {name: state.up for name, state in states.items()} == {"acme": True, "globex": False}
+    assert exporter.value("magnet_up", organization="acme") == 1
+    assert exporter.value("magnet_up", organization="globex") == 0
+    assert (
+        exporter.value("magnet_exporter_polls_total", organization="globex", outcome="unauthorized")
+        == 1
+    )
+    acme = simulator.magnet.sessions_response("acme")["stats"]["mergesPastWeek"]
+    assert exporter.value("magnet_merges_past_week", organization="acme") == acme
+    assert exporter.value("magnet_merges_past_week", organization="globex") is None
+    assert exporter.get("/-/ready").status_code == 200
+    page = exporter.get("/").text
+    assert "acme" in page
+    assert "unauthorized" in page

@@ -271,6 +271,8 @@ class DemoApiServer:
         self.fault: Fault | None = None
         """Answer every request with this, while it is set."""
         self.faults = faults
+        self.revoked_keys: set[str] = set()
+        """Keys answered with 401, as Magnet answers a key revoked in its dashboard."""
         self.requests = 0
         self.served: collections.deque[Served] = collections.deque(maxlen=10_000)
         """The latest requests, oldest first (bounded: the demo API may run for months)."""
@@ -347,7 +349,8 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
                 return
             api.last_headers = dict(self.headers.items())
             api.last_query = parse_qs(url.query)
-            kind, detail = api.arrive(bool(self.headers.get("x-api-key", "").strip()))
+            key = self.headers.get("x-api-key", "").strip()
+            kind, detail = api.arrive(bool(key) and key not in api.revoked_keys)
             if isinstance(detail, Fault):
                 self._send_fault(detail)
             elif kind == "unauthorized":
