@@ -308,3 +308,28 @@ def test_demo_api_command_serves_the_simulator(tmp_path: Path) -> None:
             process.kill()
         process.communicate()
     assert process.returncode == 0
+
+
+def test_demo_api_injects_faults_from_the_command_line(tmp_path: Path) -> None:
+    assert run(["demo-api", "--faults", "bogus=1"], tmp_path).returncode == 2
+    port = free_port()
+    process = start(
+        ["demo-api", "--listen-address", f"127.0.0.1:{port}", "--faults", "server_error=1"],
+        tmp_path,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/sessions"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                answer = httpx.get(url, headers={"x-api-key": "k"}, timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "demo-api did not start within 15 s"
+                time.sleep(0.05)
+        assert 500 <= answer.status_code < 600
+        stop_within(process, signal.SIGTERM, 2.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()

@@ -24,7 +24,7 @@ from prometheus_client import (
 from magnet_exporter import __version__
 from magnet_exporter.client import MagnetClient
 from magnet_exporter.collector import MagnetCollector
-from magnet_exporter.demo import DemoApiServer, SimulatedMagnet
+from magnet_exporter.demo import FAULT_KINDS, DemoApiServer, FaultRates, SimulatedMagnet
 from magnet_exporter.logs import configure_logging
 from magnet_exporter.poller import Clock, Poller, PollMetrics, PollState
 from magnet_exporter.series import SessionSeries
@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo_api = commands.add_parser("demo-api", help="run only the simulated Magnet API")
     demo_api.add_argument("--listen-address", default=DEMO_API_ADDRESS, metavar="HOST:PORT")
     demo_api.add_argument("--seed", type=int, default=0, help="seed of the simulated data")
+    demo_api.add_argument(
+        "--faults",
+        default="",
+        metavar="SPEC",
+        help="inject faults at these rates, e.g. server_error=0.05,rate_limited=0.02,slow=0.02 "
+        f"(kinds: {', '.join(FAULT_KINDS)}; also retry_after_seconds, slow_seconds, "
+        "oversized_bytes)",
+    )
     return parser
 
 
@@ -102,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `*_created` series double every counter and histogram for no use on a dashboard.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.command == "demo-api":
-        return run_demo_api(args.listen_address, args.seed)
+        return run_demo_api(args.listen_address, args.seed, args.faults)
     overrides = {key: value for key, value in vars(args).items() if key in FLAGS}
     try:
         settings = Settings(**overrides)
@@ -274,7 +282,7 @@ def _start_polling(
     return threads
 
 
-def run_demo_api(listen_address: str, seed: int) -> int:
+def run_demo_api(listen_address: str, seed: int, fault_spec: str = "") -> int:
     """Serve only the simulated Magnet API until SIGTERM or SIGINT."""
     configure_logging("info", "logfmt")
     try:
@@ -282,9 +290,17 @@ def run_demo_api(listen_address: str, seed: int) -> int:
     except ValueError as error:
         print(f"magnet-exporter: configuration error: --listen-address: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    try:
+        faults = FaultRates.parse(fault_spec) if fault_spec else None
+    except ValueError as error:
+        print(f"magnet-exporter: configuration error: --faults: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     stop = _stop_on_signals()
-    demo = DemoApiServer(SimulatedMagnet(seed=seed), host, port).start()
-    log.info("simulated Magnet API listening", extra={"url": demo.url, "seed": seed})
+    demo = DemoApiServer(SimulatedMagnet(seed=seed), host, port, faults=faults).start()
+    log.info(
+        "simulated Magnet API listening",
+        extra={"url": demo.url, "seed": seed, "faults": fault_spec or "none"},
+    )
     while not stop.wait(0.5):
         pass
     demo.stop()
