@@ -257,7 +257,9 @@ def _file(
     try:
         path.read_bytes()
     except OSError as error:
-        problems.append(f"tls_server_config.{name}: cannot read {path}: {error.strerror}")
+        problems.append(
+            f"tls_server_config.{name}: cannot read {_label(str(path))}: {error.strerror}"
+        )
         return None
     return path
 
