@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 import signal
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bcrypt
@@ -150,22 +153,15 @@ def test_web_config_serves_https_with_basic_auth(tmp_path: Path) -> None:
         f"basic_auth_users:\n  prometheus: '{hashed}'\n"
     )
     port = free_port()
-    process = start(
+    base = f"https://127.0.0.1:{port}"
+    with started(
         ["--demo", "--listen-address", f"127.0.0.1:{port}", "--web.config.file", "web.yml"],
         tmp_path,
-    )
-    base = f"https://127.0.0.1:{port}"
-    try:
+    ) as running:
+        process = running.process
         trust = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
         with httpx.Client(verify=trust, timeout=5) as client:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    healthy = client.get(base + "/-/healthy")
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "no HTTPS answer within 15 s"
-                    time.sleep(0.05)
+            healthy = first_answer(lambda: client.get(base + "/-/healthy"))
             assert healthy.status_code == 200  # no password needed
             assert client.get(base + "/metrics").status_code == 401
             wrong = client.get(base + "/metrics", auth=("prometheus", "nope"))
@@ -176,10 +172,6 @@ def test_web_config_serves_https_with_basic_auth(tmp_path: Path) -> None:
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/-/healthy", timeout=2)
         stop_within(process, signal.SIGTERM, 2.0)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
     assert process.returncode == 0
 
 
@@ -227,6 +219,37 @@ def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
     )
 
 
+@dataclasses.dataclass
+class Started:
+    """A running command; `stderr` holds its error output once it has exited."""
+
+    process: subprocess.Popen[str]
+    stderr: str = ""
+
+
+@contextlib.contextmanager
+def started(args: list[str], cwd: Path, **env: str) -> Iterator[Started]:
+    """Run the exporter in the background; it is always stopped (killed if need be) at the end."""
+    running = Started(start(args, cwd, **env))
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+        _, running.stderr = running.process.communicate()
+
+
+def first_answer(get: Callable[[], httpx.Response], timeout: float = 15) -> httpx.Response:
+    """Call `get` until the server answers at all, or fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return get()
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, f"no answer within {timeout} s"
+            time.sleep(0.05)
+
+
 def stop_within(process: subprocess.Popen[str], signum: int, seconds: float) -> float:
     """Send `signum`, wait for the exit; return how long it took (the process is always reaped)."""
     sent = time.monotonic()
@@ -243,22 +266,18 @@ def stop_within(process: subprocess.Popen[str], signum: int, seconds: float) -> 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_the_demo_cleanly(tmp_path: Path, signum: int) -> None:
     port = free_port()
-    process = start(["--demo", "--listen-address", f"127.0.0.1:{port}"], tmp_path)
-    try:
+    with started(["--demo", "--listen-address", f"127.0.0.1:{port}"], tmp_path) as running:
+        process = running.process
         wait_for_status(f"http://127.0.0.1:{port}/-/ready", 200, timeout=15)
         stop_within(process, signum, 2.0)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        _, stderr = process.communicate()
-    assert process.returncode == 0, stderr
-    assert "shutting down" in stderr
+    assert process.returncode == 0, running.stderr
+    assert "shutting down" in running.stderr
 
 
 def test_sigterm_in_the_middle_of_a_slow_poll(tmp_path: Path, simulator: DemoApiServer) -> None:
     simulator.fault = Fault(status=200, body=b'{"sessions": []}', delay=20)
     port = free_port()
-    process = start(
+    with started(
         [
             "--api-url",
             simulator.url,
@@ -269,19 +288,15 @@ def test_sigterm_in_the_middle_of_a_slow_poll(tmp_path: Path, simulator: DemoApi
         ],
         tmp_path,
         MAGNET_API_KEY=SECRET_KEY,
-    )
-    try:
+    ) as running:
+        process = running.process
         wait_for_status(f"http://127.0.0.1:{port}/-/healthy", 200, timeout=15)
         deadline = time.monotonic() + 10
         while simulator.requests == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert simulator.requests == 1  # the poll is now waiting on the slow answer
         stop_within(process, signal.SIGTERM, 2.0)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        _, stderr = process.communicate()
-    assert process.returncode == 0, stderr
+    assert process.returncode == 0, running.stderr
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/-/healthy", timeout=1)
 
@@ -295,41 +310,28 @@ def test_port_in_use_is_reported(tmp_path: Path, demo_exporter: str) -> None:
 
 def test_demo_api_command_serves_the_simulator(tmp_path: Path) -> None:
     port = free_port()
-    process = start(["demo-api", "--listen-address", f"127.0.0.1:{port}", "--seed", "3"], tmp_path)
-    try:
+    with started(
+        ["demo-api", "--listen-address", f"127.0.0.1:{port}", "--seed", "3"], tmp_path
+    ) as running:
+        process = running.process
         url = f"http://127.0.0.1:{port}/api/sessions"
         wait_for_status(url, 401, timeout=15)  # no key: refused, as the real API does
         answer = httpx.get(url, headers={"x-api-key": "anything"}, timeout=5)
         assert answer.status_code == 200
         assert len(answer.json()["sessions"]) > 0
         stop_within(process, signal.SIGTERM, 2.0)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
     assert process.returncode == 0
 
 
 def test_demo_api_injects_faults_from_the_command_line(tmp_path: Path) -> None:
     assert run(["demo-api", "--faults", "bogus=1"], tmp_path).returncode == 2
     port = free_port()
-    process = start(
+    with started(
         ["demo-api", "--listen-address", f"127.0.0.1:{port}", "--faults", "server_error=1"],
         tmp_path,
-    )
-    try:
+    ) as running:
+        process = running.process
         url = f"http://127.0.0.1:{port}/api/sessions"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                answer = httpx.get(url, headers={"x-api-key": "k"}, timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "demo-api did not start within 15 s"
-                time.sleep(0.05)
+        answer = first_answer(lambda: httpx.get(url, headers={"x-api-key": "k"}, timeout=5))
         assert 500 <= answer.status_code < 600
         stop_within(process, signal.SIGTERM, 2.0)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()

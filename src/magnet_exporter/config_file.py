@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import PydanticBaseSettingsSource
 
-from magnet_exporter.keys import check_key, read_key_file
+from magnet_exporter.keys import ApiKey, ApiKeyFile
 
 
 class Organization(BaseModel):
@@ -21,21 +21,9 @@ class Organization(BaseModel):
 
     name: str = Field(min_length=1, max_length=128)
     """The value of the `organization` label."""
-    api_key: SecretStr | None = None
-    api_key_file: Path | None = None
+    api_key: ApiKey | None = None
+    api_key_file: ApiKeyFile | None = None
     organization_id: str | None = None
-
-    @field_validator("api_key")
-    @classmethod
-    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None else SecretStr(check_key(value.get_secret_value()))
-
-    @field_validator("api_key_file")
-    @classmethod
-    def _check_api_key_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            read_key_file(value)
-        return value
 
     @model_validator(mode="after")
     def _one_key(self) -> Organization:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import SecretStr
+from pydantic import AfterValidator, SecretStr
 
 log = logging.getLogger("magnet_exporter.keys")
 
@@ -31,6 +32,21 @@ def read_key_file(path: Path) -> SecretStr:
         return SecretStr(check_key(text))
     except ValueError as error:
         raise ValueError(f"{path} {error}") from None
+
+
+def _checked_key(value: SecretStr) -> SecretStr:
+    return SecretStr(check_key(value.get_secret_value()))
+
+
+def _readable_key_file(path: Path) -> Path:
+    read_key_file(path)
+    return path
+
+
+ApiKey = Annotated[SecretStr, AfterValidator(_checked_key)]
+"""A key setting: stripped, refused (without being quoted) when empty or not sendable."""
+ApiKeyFile = Annotated[Path, AfterValidator(_readable_key_file)]
+"""A key file setting: refused unless it holds a usable key right now."""
 
 
 class StaticKey:

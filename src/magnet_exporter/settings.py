@@ -18,7 +18,7 @@ from pydantic_settings import (
 )
 
 from magnet_exporter.config_file import ConfigFileSource, Organization, read_config_file
-from magnet_exporter.keys import KeyFile, StaticKey, check_key, read_key_file
+from magnet_exporter.keys import ApiKey, ApiKeyFile, KeyFile, StaticKey
 from magnet_exporter.model import SESSION_LABELS
 
 MIN_POLL_INTERVAL_SECONDS = 5.0
@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     config_file: Path | None = None
     organizations: tuple[Organization, ...] = ()
     api_url: str = "https://magnet.run"
-    api_key: SecretStr | None = None
-    api_key_file: Path | None = None
+    api_key: ApiKey | None = None
+    api_key_file: ApiKeyFile | None = None
     organization_id: str | None = None
     organization: str = ""
     poll_interval_seconds: float = Field(default=60.0, ge=MIN_POLL_INTERVAL_SECONDS)
@@ -101,12 +101,6 @@ class Settings(BaseSettings):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value.rstrip("/")
-
-    @field_validator("api_key")
-    @classmethod
-    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
-        # The message says what is wrong with the key, never what it is.
-        return None if value is None else SecretStr(check_key(value.get_secret_value()))
 
     @classmethod
     def settings_customise_sources(
@@ -134,13 +128,6 @@ class Settings(BaseSettings):
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
             raise ValueError(f"name {', '.join(twice)} is used more than once")
-        return value
-
-    @field_validator("api_key_file")
-    @classmethod
-    def _check_api_key_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            read_key_file(value)
         return value
 
     @field_validator("log_level", "log_format", mode="before")
