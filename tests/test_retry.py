@@ -221,7 +221,7 @@ def test_the_deadline_cuts_a_request_timeout_longer_than_the_poll(
         state = poller.poll_once()
         took = time.monotonic() - started
     assert state.last_outcome is Outcome.TIMEOUT
-    assert 0.75 <= took < 1.0
+    assert 0.75 <= took < 1.5  # cut at 0.8 s, not at 30 s; the rest is room for a loaded machine
     assert simulator.requests == 1
 
 
@@ -234,8 +234,8 @@ def test_the_deadline_holds_across_retries(make: Make, simulator: DemoApiServer)
         state = poller.poll_once()
         took = time.monotonic() - started
     assert state.last_outcome is Outcome.TIMEOUT
-    assert 0.75 <= took < 0.95
-    assert 4 <= simulator.requests <= 5  # 0.2 s each and short pauses, cut at 0.8 s
+    assert 0.75 <= took < 1.3  # cut at 0.8 s, where 20 attempts would take 4 s
+    assert 2 <= simulator.requests <= 5  # 0.2 s each and short pauses, cut at 0.8 s
 
 
 def test_no_retry_whose_pause_would_end_past_the_deadline(
