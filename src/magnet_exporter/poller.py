@@ -14,7 +14,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from magnet_exporter.client import MagnetClient, Outcome, PollError, retry_after_seconds
-from magnet_exporter.model import Snapshot, parse_snapshot
+from magnet_exporter.model import Snapshot, SnapshotParser
 from magnet_exporter.series import SessionSeries
 
 log = logging.getLogger("magnet_exporter.poller")
@@ -123,6 +123,7 @@ class Poller:
     ) -> None:
         self._client = client
         self._series = series
+        self._parser = SnapshotParser(series.label_names)
         self._metrics = metrics
         self._organization = organization
         self._interval = interval
@@ -174,7 +175,7 @@ class Poller:
     def _fetch_snapshot(self, stop: Waiter) -> Snapshot:
         body = self._fetch(stop)
         try:
-            parsed = parse_snapshot(body, self._series.label_names)
+            parsed = self._parser.parse(body)
         except PollError:
             raise
         except Exception as exc:  # a body we did not foresee must not stop the exporter
