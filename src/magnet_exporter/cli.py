@@ -115,23 +115,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
     except pydantic.ValidationError as error:
-        for line in describe_errors(error):
-            print(f"magnet-exporter: configuration error: {line}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return _configuration_errors(describe_errors(error))
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "check":
         return check(settings)
     try:
         web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
     except WebConfigError as error:
-        for problem in error.problems:
-            print(
-                f"magnet-exporter: configuration error: MAGNET_WEB_CONFIG_FILE "
-                f"(--web.config.file): {problem}",
-                file=sys.stderr,
-            )
-        return EXIT_CONFIG_ERROR
+        where = "MAGNET_WEB_CONFIG_FILE (--web.config.file)"
+        return _configuration_errors([f"{where}: {problem}" for problem in error.problems])
     return serve(settings, web_config)
+
+
+def _configuration_errors(lines: Sequence[str]) -> int:
+    """Print one line per problem; return the exit code of a bad configuration."""
+    for line in lines:
+        print(f"magnet-exporter: configuration error: {line}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
 
 
 class Exporter:
@@ -288,13 +288,11 @@ def run_demo_api(listen_address: str, seed: int, fault_spec: str = "") -> int:
     try:
         host, port = split_listen_address(listen_address)
     except ValueError as error:
-        print(f"magnet-exporter: configuration error: --listen-address: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return _configuration_errors([f"--listen-address: {error}"])
     try:
         faults = FaultRates.parse(fault_spec) if fault_spec else None
     except ValueError as error:
-        print(f"magnet-exporter: configuration error: --faults: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return _configuration_errors([f"--faults: {error}"])
     stop = _stop_on_signals()
     demo = DemoApiServer(SimulatedMagnet(seed=seed), host, port, faults=faults).start()
     log.info(
