@@ -24,7 +24,13 @@ from prometheus_client import (
 from magnet_exporter import __version__
 from magnet_exporter.client import MagnetClient
 from magnet_exporter.collector import MagnetCollector
-from magnet_exporter.demo import FAULT_KINDS, DemoApiServer, FaultRates, SimulatedMagnet
+from magnet_exporter.demo import (
+    FAULT_KINDS,
+    LISTED_SESSIONS,
+    DemoApiServer,
+    FaultRates,
+    SimulatedMagnet,
+)
 from magnet_exporter.logs import configure_logging
 from magnet_exporter.poller import Clock, Poller, PollMetrics, PollState
 from magnet_exporter.series import SessionSeries
@@ -94,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo_api.add_argument("--listen-address", default=DEMO_API_ADDRESS, metavar="HOST:PORT")
     demo_api.add_argument("--seed", type=int, default=0, help="seed of the simulated data")
     demo_api.add_argument(
+        "--sessions",
+        type=int,
+        default=LISTED_SESSIONS,
+        metavar="N",
+        help=f"sessions listed in each answer (default {LISTED_SESSIONS})",
+    )
+    demo_api.add_argument(
         "--faults",
         default="",
         metavar="SPEC",
@@ -110,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `*_created` series double every counter and histogram for no use on a dashboard.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.command == "demo-api":
-        return run_demo_api(args.listen_address, args.seed, args.faults)
+        return run_demo_api(args.listen_address, args.seed, args.faults, args.sessions)
     overrides = {key: value for key, value in vars(args).items() if key in FLAGS}
     try:
         settings = Settings(**overrides)
@@ -282,7 +295,9 @@ def _start_polling(
     return threads
 
 
-def run_demo_api(listen_address: str, seed: int, fault_spec: str = "") -> int:
+def run_demo_api(
+    listen_address: str, seed: int, fault_spec: str = "", sessions: int = LISTED_SESSIONS
+) -> int:
     """Serve only the simulated Magnet API until SIGTERM or SIGINT."""
     configure_logging("info", "logfmt")
     try:
@@ -293,11 +308,14 @@ def run_demo_api(listen_address: str, seed: int, fault_spec: str = "") -> int:
         faults = FaultRates.parse(fault_spec) if fault_spec else None
     except ValueError as error:
         return _configuration_errors([f"--faults: {error}"])
+    if sessions < 0:
+        return _configuration_errors(["--sessions: must be 0 or more"])
     stop = _stop_on_signals()
-    demo = DemoApiServer(SimulatedMagnet(seed=seed), host, port, faults=faults).start()
+    magnet = SimulatedMagnet(seed=seed, listed_sessions=sessions)
+    demo = DemoApiServer(magnet, host, port, faults=faults).start()
     log.info(
         "simulated Magnet API listening",
-        extra={"url": demo.url, "seed": seed, "faults": fault_spec or "none"},
+        extra={"url": demo.url, "seed": seed, "sessions": sessions, "faults": fault_spec or "none"},
     )
     while not stop.wait(0.5):
         pass

@@ -46,12 +46,40 @@ TASKS = (
     "Add rate limiting to the public API",
     "Write docs for the billing webhooks",
     "Remove the legacy feature flags",
+    "Migrate the nightly export job from cron to the workflow scheduler",
+    "Investigate memory growth in the image resizing worker after the last deploy",
 )
+PROMPTS = (
+    "Please take care of this task.",
+    "The form accepts empty emails and passwords shorter than eight characters.",
+    "Add server-side checks as well, and return field-level errors the UI can show.",
+    "Keep the public interface as it is; other teams depend on it.",
+    "Run the whole test suite before you open the pull request.",
+    "The logs from last night are attached in the ticket, start from the first stack trace.",
+)
+REPLIES = (
+    "Done.",
+    "I've opened a pull request with the changes.",
+    "All 412 tests pass locally; two were flaky before and are now deterministic.",
+    "I updated the migration and added a rollback step in case the deploy fails halfway.",
+    "Could you confirm whether the old endpoint can be removed, or should it redirect?",
+    "The root cause was a cache that was never evicted; the fix bounds it at 10,000 entries.",
+)
+PREVIEW_LENGTH = 200
+"""Characters of a message preview; longer messages are cut and end with "..."."""
 
 
 def _rng(*parts: object) -> random.Random:
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))  # noqa: S311 (not for security)
+
+
+def _preview(rng: random.Random, sentences: tuple[str, ...]) -> str:
+    """Make a message preview of one to five sentences, cut as the API cuts long ones."""
+    text = " ".join(rng.choice(sentences) for _ in range(rng.randint(1, 5)))
+    if len(text) <= PREVIEW_LENGTH:
+        return text
+    return text[: PREVIEW_LENGTH - 3].rstrip() + "..."
 
 
 def _iso(timestamp: float) -> str:
@@ -84,8 +112,15 @@ class _Organization:
 class SimulatedMagnet:
     """Computes the List Sessions answer for any organization at the clock's current time."""
 
-    def __init__(self, seed: int = 0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        clock: Callable[[], float] = time.time,
+        listed_sessions: int = LISTED_SESSIONS,
+    ) -> None:
         self.seed = seed
+        self.listed_sessions = listed_sessions
+        """How many of the newest sessions an answer lists."""
         self._clock = clock
 
     def now(self) -> float:
@@ -97,11 +132,16 @@ class SimulatedMagnet:
         org = _Organization.of(self.seed, organization)
         now = self._clock()
         newest = int((now - EPOCH) // org.period)
-        sessions = [
-            session
-            for i in range(newest - LISTED_SESSIONS, newest + 1)
-            if (session := self._session(org, i, now)) is not None
-        ][-LISTED_SESSIONS:]
+        listed = self.listed_sessions
+        sessions = (
+            [
+                session
+                for i in range(newest - listed, newest + 1)
+                if (session := self._session(org, i, now)) is not None
+            ][-listed:]
+            if listed
+            else []
+        )
         return {"sessions": sessions, "stats": self._stats(org, sessions)}
 
     def _session(self, org: _Organization, index: int, now: float) -> dict[str, Any] | None:
@@ -131,8 +171,10 @@ class SimulatedMagnet:
             },
             "metadata": {"repository": repository, "branch": f"agent/task-{index}"},
             "messageCount": 1 + int(min(age, work) // 7),
-            "firstMessagePreview": "Please take care of this task...",
-            "lastMessagePreview": "Working on it..." if status == "active" else "Done.",
+            "firstMessagePreview": _preview(rng, PROMPTS),
+            "lastMessagePreview": "Working on it..."
+            if status == "active"
+            else _preview(rng, REPLIES),
         }
         pr_status = self._pr_status(plan, age, work, review)
         if pr_status is not None:
@@ -279,6 +321,7 @@ class DemoApiServer:
         self.last_headers: dict[str, str] = {}
         self.last_query: dict[str, list[str]] = {}
         self._next: collections.deque[Fault] = collections.deque()
+        self._last_body: tuple[tuple[str, float], bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._http = ThreadingHTTPServer((host, port), _handler_for(self))
@@ -317,6 +360,18 @@ class DemoApiServer:
     def sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if the server is stopping."""
         self._stopping.wait(seconds)
+
+    def sessions_body(self, organization: str) -> bytes:
+        """Return the encoded answer for `organization` now, built once per moment."""
+        # With a stopped clock (benchmarks) a large answer is built once, not on every request.
+        moment = (organization, self.magnet.now())
+        with self._lock:
+            if self._last_body is not None and self._last_body[0] == moment:
+                return self._last_body[1]
+        body = json.dumps(self.magnet.sessions_response(organization)).encode()
+        with self._lock:
+            self._last_body = (moment, body)
+        return body
 
     def arrive(self, has_key: bool) -> tuple[str, Fault | random.Random | None]:
         """Count a request and choose its answer: a kind and its canned fault or random source."""
@@ -383,7 +438,7 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
 
         def _sessions_body(self) -> bytes:
             organization = api.last_query.get("organizationId", [DEFAULT_ORGANIZATION])[0]
-            return json.dumps(api.magnet.sessions_response(organization)).encode()
+            return api.sessions_body(organization)
 
         def _send(self, status: int, document: dict[str, Any]) -> None:
             self._send_fault(Fault(status, json.dumps(document).encode()))

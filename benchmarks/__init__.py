@@ -1,0 +1,1 @@
+"""Benchmarks of magnet-exporter against `json.loads` and against a hand-written exporter."""
