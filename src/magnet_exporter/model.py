@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from operator import itemgetter
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Annotated, Any
 
-import pydantic
-from typing_extensions import NotRequired, TypedDict
+import msgspec
 
 from magnet_exporter.client import Outcome, PollError
 
@@ -28,49 +26,62 @@ MISSING_VALUES: Mapping[str, str] = {
 STATS_FIELDS = ("mergesPastWeek", "authorsPastWeek", "humansPastWeek", "humansPromptingNow")
 MAX_LABEL_LENGTH = 128
 
-
-def _field(path: str | None = None, *, le: int | None = None) -> Any:
-    """Declare a session field that may be missing or null (then None), maybe at a nested path."""
-    alias = pydantic.AliasPath(*path.split(".")) if path else None
-    return pydantic.Field(default=None, validation_alias=alias, ge=0 if le else None, le=le)
-
-
-# Only the fields the exporter reads, flattened, and named after the labels they feed:
-# pydantic skips the rest of the body without building anything for it, and nested values
-# are picked out without building the `metadata` and `author` objects around them. A label
-# that is not configured is not read at all.
-_LABEL_FIELDS: Mapping[str, Any] = {
-    "status": Annotated[str | None, _field()],
-    "pr_status": Annotated[str | None, _field("metadata.prStatus")],
-    "model": Annotated[str | None, _field()],
-    "repository": Annotated[str | None, _field("metadata.repository")],
-    "author": Annotated[str | None, _field("author.id")],
+# Where each label's value sits in a session: a top-level field, maybe a field inside it.
+_LABEL_PATHS: Mapping[str, tuple[str, str | None]] = {
+    "status": ("status", None),
+    "pr_status": ("metadata", "prStatus"),
+    "model": ("model", None),
+    "repository": ("metadata", "repository"),
+    "author": ("author", "id"),
 }
-_COMMON_FIELDS: Mapping[str, Any] = {
-    "createdAt": Annotated[datetime | None, _field()],
-    "updatedAt": Annotated[datetime | None, _field()],
-    # Bounded so that sums stay exact as floats in the exposition (Python ints are unbounded).
-    "messageCount": Annotated[int | None, _field(le=2**40)],
-}
-_Session = Mapping[str, Any]
-"""A validated session: the label fields configured and `_COMMON_FIELDS`, None when absent."""
+_OPTIONAL_TEXT: Any = str | None
+# Bounded so that sums stay exact as floats in the exposition (Python ints are unbounded).
+_MESSAGE_COUNT: Any = Annotated[int, msgspec.Meta(ge=0, le=2**40)] | None
 
 
-class _Stats(TypedDict, total=False):
-    mergesPastWeek: float | None
-    authorsPastWeek: float | None
-    humansPastWeek: float | None
-    humansPromptingNow: float | None
+def _struct(name: str, fields: Iterable[tuple[str, Any]]) -> Any:
+    """Make a struct type whose fields are all optional (missing or null -> None).
 
-
-def _response_adapter(label_names: tuple[str, ...]) -> pydantic.TypeAdapter[Any]:
-    fields = {**{name: _LABEL_FIELDS[name] for name in label_names}, **_COMMON_FIELDS}
-    # The fields depend on the configuration, so the TypedDicts are made at run time.
-    session = TypedDict("Session", fields)  # type: ignore[misc]
-    response = TypedDict(  # type: ignore[name-match]  # noqa: UP013
-        "Response", {"sessions": list[session], "stats": NotRequired[_Stats | None]}
+    Frozen, so that equal nested values hash alike and can group sessions; untracked by the
+    cyclic garbage collector, which would otherwise walk every decoded session for nothing.
+    """
+    return msgspec.defstruct(
+        name, [(field, kind, None) for field, kind in fields], frozen=True, gc=False
     )
-    return pydantic.TypeAdapter(response)
+
+
+_Stats: Any = _struct("Stats", ((field, float | None) for field in STATS_FIELDS))
+
+
+def _response_decoder(label_names: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
+    """Make a decoder of only the fields the exporter reads; msgspec skips the rest unbuilt.
+
+    The types depend on the configured labels, so they are made at run time: a label that is
+    not configured is not read at all.
+    """
+    nested: dict[str, list[str]] = {}
+    for name in label_names:
+        field, inner = _LABEL_PATHS[name]
+        nested.setdefault(field, [])
+        if inner is not None:
+            nested[field].append(inner)
+    fields: list[tuple[str, Any]] = [
+        (field, _struct(field.title(), ((i, _OPTIONAL_TEXT) for i in inner)) | None)
+        if inner
+        else (field, _OPTIONAL_TEXT)
+        for field, inner in nested.items()
+    ]
+    fields += [
+        ("createdAt", datetime | None),
+        ("updatedAt", datetime | None),
+        ("messageCount", _MESSAGE_COUNT),
+    ]
+    sessions: Any = list[_struct("Session", fields)]  # type: ignore[misc]
+    response = msgspec.defstruct(
+        "Response", [("sessions", sessions), ("stats", _Stats | None, None)], gc=False
+    )
+    # Not strict: numbers given as strings, and timestamps given as Unix seconds, are accepted.
+    return msgspec.json.Decoder(response, strict=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,50 +123,58 @@ def _label_value(name: str, raw: str | None) -> str:
     return (value.lower() if name in _LOWER_CASED else value)[:MAX_LABEL_LENGTH]
 
 
-_RawKey = tuple[str | None, ...]
-_Timestamps = tuple[list[datetime], list[datetime]]
+_RawKey = tuple[Any, ...]
+"""The top-level fields a session's labels come from (nested ones still wrapped)."""
 
 
-def _count_raw(
-    sessions: list[_Session], label_names: Sequence[str]
-) -> tuple[dict[_RawKey, list[int]], _Timestamps]:
-    """Count sessions and messages by the raw values of the labels: the one pass, kept lean."""
-    raw_key = _key_getter(label_names)
-    counts: dict[_RawKey, list[int]] = {}
-    created: list[datetime] = []
-    updated: list[datetime] = []
-    for session in sessions:
-        key = raw_key(session)
-        group = counts.get(key)
-        if group is None:
-            group = counts[key] = [0, 0]
-        group[0] += 1
-        group[1] += session["messageCount"] or 0
-        if (moment := session["createdAt"]) is not None:
-            created.append(moment)
-        if (moment := session["updatedAt"]) is not None:
-            updated.append(moment)
-    return counts, (created, updated)
+class _Grouping:
+    """Groups decoded sessions by the raw fields of their labels, then turns those into labels."""
+
+    def __init__(self, label_names: tuple[str, ...]) -> None:
+        self._label_names = label_names
+        self._fields = list(dict.fromkeys(_LABEL_PATHS[name][0] for name in label_names))
+        # itemgetter-like access in C: the per-session loop stays lean.
+        fields_of: Callable[[Any], Any] = attrgetter(*self._fields)
+        self.raw_key: Callable[[Any], _RawKey] = (
+            (lambda session: (fields_of(session),)) if len(self._fields) == 1 else fields_of
+        )
+        self._positions = [
+            (self._fields.index(_LABEL_PATHS[name][0]), _LABEL_PATHS[name][1])
+            for name in label_names
+        ]
+
+    def count(self, sessions: list[Any]) -> dict[_RawKey, list[int]]:
+        """Session count and message sum by raw key: the one pass over every session."""
+        raw_key = self.raw_key
+        counts: dict[_RawKey, list[int]] = {}
+        for session in sessions:
+            key = raw_key(session)
+            group = counts.get(key)
+            if group is None:
+                group = counts[key] = [0, 0]
+            group[0] += 1
+            group[1] += session.messageCount or 0
+        return counts
+
+    def labels(self, raw: _RawKey) -> tuple[str, ...]:
+        """Return the label values of one raw key, cleaned."""
+        values = []
+        for name, (position, inner) in zip(self._label_names, self._positions, strict=True):
+            value = raw[position]
+            if inner is not None:
+                value = getattr(value, inner) if value is not None else None
+            values.append(_label_value(name, value))
+        return tuple(values)
 
 
-def _key_getter(label_names: Sequence[str]) -> Callable[[_Session], _RawKey]:
-    if len(label_names) == 1:  # itemgetter with one name returns the value, not a tuple
-        (name,) = label_names
-        return lambda session: (session[name],)
-    return itemgetter(*label_names)
-
-
-def _label_key(raw: _RawKey, label_names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(_label_value(name, value) for name, value in zip(label_names, raw, strict=True))
-
-
-def _newest(moments: list[datetime]) -> float | None:
-    if not moments:
+def _newest(moments: Iterable[datetime | None]) -> float | None:
+    present = [moment for moment in moments if moment is not None]
+    if not present:
         return None
     try:
-        newest = max(moments)
+        newest = max(present)
     except TypeError:  # naive and aware timestamps mixed: compare them all as UTC
-        newest = max(moments, key=_epoch)
+        newest = max(present, key=_epoch)
     return _epoch(newest)
 
 
@@ -165,52 +184,43 @@ def _epoch(moment: datetime) -> float:
     return moment.timestamp()
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a body is turned into a snapshot.
-
-    Validation allocates about a million acyclic objects in one burst; CPython's collector would
-    walk the growing heap several times over for nothing, which costs more than the parsing.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 class SnapshotParser:
     """Turns List Sessions bodies into snapshots, for one set of session labels."""
 
     def __init__(self, label_names: Sequence[str]) -> None:
         self.label_names = tuple(label_names)
-        self._adapter = _response_adapter(self.label_names)
+        self._decoder = _response_decoder(self.label_names)
+        self._grouping = _Grouping(self.label_names)
 
     def parse(self, body: bytes) -> Snapshot:
         """Validate a body and aggregate it in one pass, or raise `PollError`."""
-        with _gc_paused():
-            try:
-                response = self._adapter.validate_json(body)
-            except pydantic.ValidationError as exc:
-                raise PollError(Outcome.INVALID_RESPONSE, _describe_invalid(exc)) from None
-            raw_counts, (created, updated) = _count_raw(response["sessions"], self.label_names)
-            stats: Mapping[str, float | None] = response.get("stats") or {}
-            del response  # per-session objects are not kept past this point
-        sessions: dict[tuple[str, ...], SessionGroup] = {}
+        try:
+            response = self._decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise PollError(Outcome.INVALID_RESPONSE, _describe_invalid(exc)) from None
+        sessions = response.sessions
+        raw_counts = self._grouping.count(sessions)
+        last_created = _newest(map(attrgetter("createdAt"), sessions))
+        last_updated = _newest(map(attrgetter("updatedAt"), sessions))
+        stats = response.stats
+        del response, sessions  # per-session objects are not kept past this point
+        groups: dict[tuple[str, ...], SessionGroup] = {}
         for raw, (count, messages) in raw_counts.items():
-            key = _label_key(raw, self.label_names)  # raw values may clean to the same label
-            sessions[key] = sessions.get(key, NO_SESSIONS) + SessionGroup(count, messages)
+            key = self._grouping.labels(raw)  # raw values may clean to the same label
+            groups[key] = groups.get(key, NO_SESSIONS) + SessionGroup(count, messages)
         return Snapshot(
-            stats=MappingProxyType(
-                {field: float(v) for field in STATS_FIELDS if (v := stats.get(field)) is not None}
-            ),
+            stats=MappingProxyType(_present_stats(stats)),
             label_names=self.label_names,
-            sessions=MappingProxyType(sessions),
-            last_created=_newest(created),
-            last_updated=_newest(updated),
+            sessions=MappingProxyType(groups),
+            last_created=last_created,
+            last_updated=last_updated,
         )
+
+
+def _present_stats(stats: Any) -> dict[str, float]:
+    if stats is None:
+        return {}
+    return {field: value for field in STATS_FIELDS if (value := getattr(stats, field)) is not None}
 
 
 def parse_snapshot(body: bytes, label_names: Sequence[str]) -> Snapshot:
@@ -218,8 +228,17 @@ def parse_snapshot(body: bytes, label_names: Sequence[str]) -> Snapshot:
     return SnapshotParser(label_names).parse(body)
 
 
-def _describe_invalid(exc: pydantic.ValidationError) -> str:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid response: {where}: {first['msg']}{more}"
+_ERROR_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
+
+
+def _describe_invalid(exc: msgspec.DecodeError) -> str:
+    """One line: where in the body (`sessions.0.status`, or `body`) and what is wrong."""
+    match = _ERROR_PATH.match(str(exc))
+    message, path = (match["message"], match["path"] or "") if match else (str(exc), "")
+    parts = [part for part in re.split(r"[.\[\]]+", path) if part]
+    if missing := _MISSING_FIELD.match(message):
+        parts.append(missing["field"])
+    where = ".".join(parts) or "body"
+    first_line = " ".join(message.split())  # a message quoting the body must stay one line
+    return f"invalid response: {where}: {first_line}"[:300]
