@@ -18,6 +18,7 @@ from magnet_exporter.demo import DemoApiServer, Fault
 from magnet_exporter.keys import StaticKey
 from magnet_exporter.poller import Poller, PollMetrics, RetryPolicy
 from magnet_exporter.series import SessionSeries
+from magnet_exporter.sources import InProcessSource
 
 # Short pauses between retries: these tests are about the loop, test_retry about the policy.
 QUICK_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.05)
@@ -45,7 +46,8 @@ def make_poller(
     client = MagnetClient(http, simulator.url, key or StaticKey(SecretStr(SECRET_KEY)))
     series = SessionSeries(("status", "model"), max_label_values)
     metrics = PollMetrics(registry)
-    return Poller(client, series, metrics, "acme", interval, FakeClock(), retry=QUICK_RETRIES)
+    source = InProcessSource(client, series.label_names)
+    return Poller(source, series, metrics, "acme", interval, FakeClock(), retry=QUICK_RETRIES)
 
 
 def polls(registry: CollectorRegistry, outcome: str) -> float | None:

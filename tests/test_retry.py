@@ -24,6 +24,7 @@ from magnet_exporter.demo import DemoApiServer, Fault
 from magnet_exporter.keys import StaticKey
 from magnet_exporter.poller import MAX_RETRY_AFTER_SECONDS, Poller, PollMetrics, RetryPolicy
 from magnet_exporter.series import SessionSeries
+from magnet_exporter.sources import InProcessSource
 
 QUICK_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.05)
 SLOW = Fault(status=200, body=b'{"sessions": []}', delay=5.0)
@@ -76,7 +77,7 @@ def make(http: httpx.Client, simulator: DemoApiServer, registry: CollectorRegist
         )
         series = SessionSeries(("status",), 100)
         return Poller(
-            magnet,
+            InProcessSource(magnet, series.label_names),
             series,
             PollMetrics(registry),
             "acme",

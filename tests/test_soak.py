@@ -29,6 +29,7 @@ from magnet_exporter.demo import DemoApiServer, FaultRates, SimulatedMagnet
 from magnet_exporter.keys import StaticKey
 from magnet_exporter.poller import MAX_RETRY_AFTER_SECONDS, Poller, PollMetrics, RetryPolicy
 from magnet_exporter.series import SessionSeries
+from magnet_exporter.sources import InProcessSource
 
 POLLS = 500
 WARM_UP = 100
@@ -123,7 +124,7 @@ class Soak:
         key = StaticKey(SecretStr(SECRET_KEY))
         client = MagnetClient(http, api.url, key, max_response_bytes=LIMIT)
         self.poller = Poller(
-            client,
+            InProcessSource(client, LABELS),
             SessionSeries(LABELS, 100),
             PollMetrics(self.registry),
             "acme",

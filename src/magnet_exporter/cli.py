@@ -35,7 +35,14 @@ from magnet_exporter.logs import configure_logging
 from magnet_exporter.poller import Clock, Poller, PollMetrics, PollState
 from magnet_exporter.series import SessionSeries
 from magnet_exporter.server import ExporterApp, HttpServer
-from magnet_exporter.settings import FLAGS, Settings, describe_errors, split_listen_address
+from magnet_exporter.settings import (
+    FLAGS,
+    Settings,
+    Target,
+    describe_errors,
+    split_listen_address,
+)
+from magnet_exporter.sources import InProcessSource, SnapshotSource, WorkerConfig, WorkerSource
 from magnet_exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger("magnet_exporter")
@@ -153,22 +160,19 @@ class Exporter:
     def __init__(
         self,
         settings: Settings,
-        http: httpx.Client,
+        http: httpx.Client | None,
         registry: CollectorRegistry,
         clock: Clock = time.time,
     ) -> None:
+        """Poll through `http` in this process, or, without it, each organization in a worker."""
         metrics = PollMetrics(registry)
         self.pollers: dict[str, Poller] = {}
+        self._sources = {
+            target.name: _source(settings, http, target) for target in settings.targets()
+        }
         for target in settings.targets():
-            client = MagnetClient(
-                http,
-                settings.api_url,
-                target.key,
-                target.organization_id,
-                max_response_bytes=settings.max_response_bytes,
-            )
             self.pollers[target.name] = Poller(
-                client,
+                self._sources[target.name],
                 SessionSeries(settings.session_labels, settings.max_label_values),
                 metrics,
                 target.name,
@@ -183,6 +187,32 @@ class Exporter:
     def states(self) -> dict[str, PollState]:
         """Return the current state of every organization."""
         return {name: poller.state for name, poller in self.pollers.items()}
+
+    def close(self) -> None:
+        """Stop the poll workers, if any."""
+        for source in self._sources.values():
+            source.close()
+
+
+def _source(settings: Settings, http: httpx.Client | None, target: Target) -> SnapshotSource:
+    if http is not None:
+        client = MagnetClient(
+            http,
+            settings.api_url,
+            target.key,
+            target.organization_id,
+            max_response_bytes=settings.max_response_bytes,
+        )
+        return InProcessSource(client, settings.session_labels)
+    config = WorkerConfig(
+        api_url=settings.api_url,
+        organization_id=target.organization_id,
+        label_names=settings.session_labels,
+        timeout=settings.request_timeout_seconds,
+        max_response_bytes=settings.max_response_bytes,
+        headers=(("User-Agent", USER_AGENT),),
+    )
+    return WorkerSource(config, target.key, target.name)
 
 
 def exporter_registry() -> CollectorRegistry:
@@ -247,8 +277,7 @@ def serve(settings: Settings, web_config: WebConfig | None = None) -> int:
     """Poll in the background and serve HTTP until SIGTERM or SIGINT; return the exit code."""
     stop = _stop_on_signals()
     with _demo_api_if(settings) as settings:
-        http = http_client(settings)
-        exporter = Exporter(settings, http, exporter_registry())
+        exporter = Exporter(settings, None, exporter_registry())
         host, port = settings.listen_host_port
         try:
             server = HttpServer(exporter.app, host, port, web_config)
@@ -256,6 +285,7 @@ def serve(settings: Settings, web_config: WebConfig | None = None) -> int:
             log.error(
                 "cannot listen", extra={"address": settings.listen_address, "error": str(error)}
             )
+            exporter.close()
             return EXIT_CONFIG_ERROR
         server.start()
         log.info(
@@ -272,11 +302,10 @@ def serve(settings: Settings, web_config: WebConfig | None = None) -> int:
         while not stop.wait(0.5):
             pass
         server.stop()
+        exporter.close()  # ends a poll in progress
         deadline = time.monotonic() + 1.0
         for thread in polling:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if not any(thread.is_alive() for thread in polling):
-            http.close()
     return 0
 
 

@@ -111,6 +111,27 @@ class Snapshot:
     last_created: float | None
     last_updated: float | None
 
+    def __reduce__(self) -> tuple[Callable[..., Snapshot], tuple[Any, ...]]:
+        """Pickle as plain dicts: snapshots come back from poll workers."""
+        fields = (self.label_names, self.last_created, self.last_updated)
+        return _snapshot, (dict(self.stats), dict(self.sessions), *fields)
+
+
+def _snapshot(
+    stats: dict[str, float],
+    sessions: dict[tuple[str, ...], SessionGroup],
+    label_names: tuple[str, ...],
+    last_created: float | None,
+    last_updated: float | None,
+) -> Snapshot:
+    return Snapshot(
+        MappingProxyType(stats),
+        label_names,
+        MappingProxyType(sessions),
+        last_created,
+        last_updated,
+    )
+
 
 # Statuses are an enumeration in the API: "Completed " and "completed" are one value.
 _LOWER_CASED = frozenset({"status", "pr_status"})

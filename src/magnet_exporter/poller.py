@@ -13,9 +13,10 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from magnet_exporter.client import MagnetClient, Outcome, PollError, retry_after_seconds
-from magnet_exporter.model import Snapshot, SnapshotParser
+from magnet_exporter.client import Outcome, PollError, retry_after_seconds
+from magnet_exporter.model import Snapshot
 from magnet_exporter.series import SessionSeries
+from magnet_exporter.sources import SnapshotSource
 
 log = logging.getLogger("magnet_exporter.poller")
 
@@ -111,7 +112,7 @@ class Poller:
 
     def __init__(
         self,
-        client: MagnetClient,
+        source: SnapshotSource,
         series: SessionSeries,
         metrics: PollMetrics,
         organization: str,
@@ -121,9 +122,8 @@ class Poller:
         retry: RetryPolicy = RetryPolicy(),  # frozen, so one default is safe to share
         rng: random.Random | None = None,
     ) -> None:
-        self._client = client
+        self._source = source
         self._series = series
-        self._parser = SnapshotParser(series.label_names)
         self._metrics = metrics
         self._organization = organization
         self._interval = interval
@@ -173,15 +173,7 @@ class Poller:
         )
 
     def _fetch_snapshot(self, stop: Waiter) -> Snapshot:
-        body = self._fetch(stop)
-        try:
-            parsed = self._parser.parse(body)
-        except PollError:
-            raise
-        except Exception as exc:  # a body we did not foresee must not stop the exporter
-            log.exception("unexpected error while parsing the response")
-            raise PollError(Outcome.INVALID_RESPONSE, f"invalid response: {exc!r}"[:300]) from None
-        snapshot, overflowing = self._series.stabilize(parsed)
+        snapshot, overflowing = self._series.stabilize(self._fetch(stop))
         for label in overflowing:
             log.warning(
                 "label has more values than MAGNET_MAX_LABEL_VALUES; the rest count as other",
@@ -189,8 +181,8 @@ class Poller:
             )
         return snapshot
 
-    def _fetch(self, stop: Waiter) -> bytes:
-        """Return the body of the first good answer before the deadline, or raise the last error."""
+    def _fetch(self, stop: Waiter) -> Snapshot:
+        """Return the snapshot of the first good answer in time, or raise the last error."""
         waiting = self._retry_after_left()
         if waiting > 0:
             raise HeldBackError(
@@ -208,18 +200,18 @@ class Poller:
                     raise
             self._quiet_until = None  # the pause covered what Retry-After asked for
 
-    def _request(self, deadline: float) -> bytes:
+    def _request(self, deadline: float) -> Snapshot:
         """Send one request and count it by its status code (or its failure)."""
         self._requests += 1
         requests = self._metrics.requests
         try:
-            answer = self._client.fetch(deadline)
+            answer = self._source.fetch(deadline)
         except PollError as error:
             requests.labels(self._organization, error.code).inc()
             self._note_retry_after(error)
             raise
         requests.labels(self._organization, str(answer.status_code)).inc()
-        return answer.body
+        return answer.snapshot
 
     def _pause_before_retry(self, error: PollError, deadline: float) -> float | None:
         """Seconds to sleep before retrying, or None when this poll must give up."""

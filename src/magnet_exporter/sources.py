@@ -1,0 +1,255 @@
+"""Where a poll's snapshot comes from: one request and its parsing, here or in a worker process.
+
+In a served exporter each organization is polled by a worker process: decoding a large body
+holds the interpreter lock for tens of milliseconds, and reading it over HTTP competes for the
+lock in small slices, both of which would stall the threads that answer scrapes. The worker
+runs at a lower CPU priority, so that on a busy machine scrapes come first. Only the
+snapshot, a few kilobytes, comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Protocol
+
+import httpx
+from pydantic import SecretStr
+
+from magnet_exporter.client import MagnetClient, Outcome, PollError
+from magnet_exporter.model import Snapshot, SnapshotParser
+
+log = logging.getLogger("magnet_exporter.sources")
+
+WORKER_NICENESS = 10
+"""How much lower than the exporter's the worker's CPU priority is (see `os.nice`)."""
+REPLY_GRACE_SECONDS = 5.0
+"""How long past a request's deadline a worker may take to answer before it is replaced."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """A good answer: its HTTP status code and the snapshot parsed from its body."""
+
+    status_code: int
+    snapshot: Snapshot
+
+
+class SnapshotSource(Protocol):
+    """Sends one request for the sessions and parses the answer."""
+
+    def fetch(self, deadline: float) -> Fetched:
+        """Return the parsed answer, or raise `PollError`; give up at `deadline` (monotonic)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the source holds."""
+        ...
+
+
+class InProcessSource:
+    """Requests and parses in the calling thread."""
+
+    def __init__(self, client: MagnetClient, label_names: Sequence[str]) -> None:
+        self._client = client
+        self._parser = SnapshotParser(label_names)
+
+    def fetch(self, deadline: float) -> Fetched:
+        """Request, then parse; a parse failure keeps the status code of the answer."""
+        answer = self._client.fetch(deadline)
+        try:
+            return Fetched(answer.status_code, self._parser.parse(answer.body))
+        except PollError as error:
+            error.status_code = answer.status_code
+            raise
+        except Exception as exc:  # a body we did not foresee must not stop the exporter
+            log.exception("unexpected error while parsing the response")
+            reason = f"invalid response: {exc!r}"[:300]
+            raise PollError(Outcome.INVALID_RESPONSE, reason, answer.status_code) from None
+
+    def close(self) -> None:
+        """Nothing to release: the HTTP client belongs to the caller."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs to build its own client and parser (no secret in here)."""
+
+    api_url: str
+    organization_id: str | None
+    label_names: tuple[str, ...]
+    timeout: float
+    max_response_bytes: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    key: str
+    seconds_left: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """A `PollError` on its way from a worker (exceptions do not travel well)."""
+
+    outcome: Outcome
+    reason: str
+    status_code: int | None
+    transient: bool
+    retry_after: str | None
+
+    @classmethod
+    def of(cls, error: PollError) -> _Failure:
+        """Pack an error."""
+        return cls(
+            error.outcome, error.reason, error.status_code, error.transient, error.retry_after
+        )
+
+    def error(self) -> PollError:
+        """Unpack the error."""
+        return PollError(
+            self.outcome,
+            self.reason,
+            self.status_code,
+            transient=self.transient,
+            retry_after=self.retry_after,
+        )
+
+
+class WorkerSource:
+    """Requests and parses in a child process of its own, started on first use.
+
+    A worker that dies or stops answering is replaced on the next poll; the poll it was
+    serving fails with `invalid_response`.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        key: Callable[[], SecretStr],
+        name: str,
+        *,
+        reply_grace: float = REPLY_GRACE_SECONDS,
+    ) -> None:
+        self._config = config
+        self._key = key
+        self._name = name
+        self._reply_grace = reply_grace
+        self._lock = threading.Lock()  # one request at a time per worker
+        self._process: subprocess.Popen[bytes] | None = None
+        self._connection: Connection | None = None
+
+    def fetch(self, deadline: float) -> Fetched:
+        """Have the worker request and parse; its failures come back as `PollError`."""
+        with self._lock:
+            reply = self._exchange(deadline)
+        if isinstance(reply, _Failure):
+            raise reply.error()
+        return reply
+
+    def _exchange(self, deadline: float) -> Fetched | _Failure:
+        connection = self._connection or self._start()
+        seconds_left = deadline - time.monotonic()
+        try:
+            connection.send(_Request(self._key().get_secret_value(), seconds_left))
+            if not connection.poll(max(0.0, seconds_left) + self._reply_grace):
+                raise TimeoutError
+            reply: Fetched | _Failure = connection.recv()
+        except (OSError, EOFError) as exc:
+            self._stop()
+            what = "did not answer in time" if isinstance(exc, TimeoutError) else "exited"
+            reason = f"the poll worker {what}; a new one serves the next poll"
+            return _Failure(Outcome.INVALID_RESPONSE, reason, None, False, None)
+        return reply
+
+    def _start(self) -> Connection:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "magnet_exporter.sources", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+            self._connection = Connection(os.dup(ours.fileno()))
+        self._connection.send(self._config)
+        log.debug("poll worker started", extra={"organization": self._name})
+        return self._connection
+
+    def _stop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()  # the worker reads the end of its input and exits
+            self._connection = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                self._process.kill()  # stuck in a request: nothing of it is worth keeping
+                self._process.wait()
+            self._process = None
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id, while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    def close(self) -> None:
+        """Stop the worker; a poll in progress fails."""
+        process = self._process
+        if process is not None:
+            process.kill()  # ends a poll in progress at once, which frees the lock
+        with self._lock:
+            self._stop()
+
+
+def _serve(connection: Connection) -> None:
+    """Answer requests until the exporter closes the connection."""
+    config: WorkerConfig = connection.recv()
+    key = SecretStr("")
+    with httpx.Client(
+        timeout=config.timeout, headers=dict(config.headers), follow_redirects=False
+    ) as http:
+        client = MagnetClient(
+            http,
+            config.api_url,
+            lambda: key,
+            config.organization_id,
+            max_response_bytes=config.max_response_bytes,
+        )
+        source = InProcessSource(client, config.label_names)
+        while True:
+            try:
+                request: _Request = connection.recv()
+            except EOFError:
+                return
+            key = SecretStr(request.key)
+            try:
+                reply: Fetched | _Failure = source.fetch(time.monotonic() + request.seconds_left)
+            except PollError as error:
+                reply = _Failure.of(error)
+            connection.send(reply)
+
+
+def main(argv: Sequence[str]) -> None:
+    """Run a worker on the connection whose file descriptor is `argv[0]`."""
+    # Ctrl-C reaches the whole process group: the exporter decides when its workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(WORKER_NICENESS)
+    with Connection(int(argv[0])) as connection:
+        _serve(connection)
+
+
+if __name__ == "__main__":
+    # Run with -m, this file is `__main__`: replies must name the classes of the real module.
+    from magnet_exporter.sources import main as worker_main
+
+    worker_main(sys.argv[1:])

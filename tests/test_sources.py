@@ -1,0 +1,163 @@
+"""Snapshot sources: in this process, and in a worker process that must behave the same."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import SECRET_KEY
+from pydantic import SecretStr
+
+from magnet_exporter import __version__
+from magnet_exporter.client import MagnetClient, Outcome, PollError
+from magnet_exporter.demo import DemoApiServer, Fault
+from magnet_exporter.keys import StaticKey
+from magnet_exporter.sources import (
+    WORKER_NICENESS,
+    Fetched,
+    InProcessSource,
+    WorkerConfig,
+    WorkerSource,
+)
+
+LABELS = ("status", "pr_status", "model")
+USER_AGENT = f"magnet-exporter/{__version__}"
+
+
+class RotatingKey:
+    """A key the test can change between polls, as a rotated key file would."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __call__(self) -> SecretStr:
+        return SecretStr(self.value)
+
+
+def config(url: str, max_bytes: int = 2**20) -> WorkerConfig:
+    return WorkerConfig(
+        api_url=url,
+        organization_id=None,
+        label_names=LABELS,
+        timeout=5.0,
+        max_response_bytes=max_bytes,
+        headers=(("User-Agent", USER_AGENT),),
+    )
+
+
+@pytest.fixture
+def key() -> RotatingKey:
+    return RotatingKey(SECRET_KEY)
+
+
+@pytest.fixture
+def worker(simulator: DemoApiServer, key: RotatingKey) -> Iterator[WorkerSource]:
+    source = WorkerSource(config(simulator.url), key, "acme", reply_grace=0.5)
+    try:
+        yield source
+    finally:
+        source.close()
+
+
+def soon() -> float:
+    return time.monotonic() + 5.0
+
+
+def failure(source: WorkerSource | InProcessSource) -> PollError:
+    with pytest.raises(PollError) as caught:
+        source.fetch(soon())
+    return caught.value
+
+
+def test_worker_gives_the_same_snapshot_as_this_process(
+    worker: WorkerSource, simulator: DemoApiServer
+) -> None:
+    with httpx.Client() as http:
+        client = MagnetClient(http, simulator.url, StaticKey(SecretStr(SECRET_KEY)))
+        here = InProcessSource(client, LABELS).fetch(soon())
+    there = worker.fetch(soon())
+    assert isinstance(there, Fetched)
+    assert there == here  # the simulator's clock stands still: the same answer twice
+    assert sum(group.count for group in there.snapshot.sessions.values()) == 40
+    assert simulator.last_headers["User-Agent"] == USER_AGENT
+
+
+def test_worker_sends_the_key_of_the_moment(
+    worker: WorkerSource, simulator: DemoApiServer, key: RotatingKey
+) -> None:
+    worker.fetch(soon())
+    assert simulator.last_headers["x-api-key"] == SECRET_KEY
+    key.value = "rotated-key"
+    worker.fetch(soon())
+    assert simulator.last_headers["x-api-key"] == "rotated-key"
+
+
+def test_failures_come_back_whole(worker: WorkerSource, simulator: DemoApiServer) -> None:
+    simulator.push(Fault(429, headers=(("Retry-After", "30"),)), Fault(401))
+    limited = failure(worker)
+    assert limited.outcome is Outcome.RATE_LIMITED
+    assert (limited.status_code, limited.retry_after, limited.transient) == (429, "30", True)
+    unauthorized = failure(worker)
+    assert unauthorized.outcome is Outcome.UNAUTHORIZED
+    assert unauthorized.reason == "401 Unauthorized: check MAGNET_API_KEY"
+    assert not unauthorized.transient
+
+
+def test_an_unparsable_answer_keeps_its_status_code(
+    worker: WorkerSource, simulator: DemoApiServer
+) -> None:
+    simulator.push(Fault(200, b"<html>maintenance</html>", "text/html"))
+    error = failure(worker)
+    assert error.outcome is Outcome.INVALID_RESPONSE
+    assert error.code == "200"  # counted in requests_total as the 200 it was
+
+
+def test_a_dead_worker_fails_one_poll_and_is_replaced(worker: WorkerSource) -> None:
+    worker.fetch(soon())
+    first = worker.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    error = failure(worker)
+    assert error.outcome is Outcome.INVALID_RESPONSE
+    assert "exited" in error.reason
+    assert worker.fetch(soon()).status_code == 200
+    assert worker.pid not in (None, first)
+
+
+def test_a_stuck_worker_is_replaced_after_the_deadline(worker: WorkerSource) -> None:
+    worker.fetch(soon())
+    stuck = worker.pid
+    assert stuck is not None
+    os.kill(stuck, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(PollError) as caught:
+        worker.fetch(time.monotonic() + 0.5)
+    assert "did not answer in time" in caught.value.reason
+    assert time.monotonic() - started < 3.0  # the deadline, the grace, then a kill
+    assert not Path(f"/proc/{stuck}").exists()
+    assert worker.fetch(soon()).status_code == 200
+
+
+def test_worker_runs_at_a_lower_priority_and_without_the_key_in_its_command_line(
+    worker: WorkerSource,
+) -> None:
+    worker.fetch(soon())
+    assert worker.pid is not None
+    stat = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(stat[16]) == os.nice(0) + WORKER_NICENESS  # field 19 of proc(5): nice
+    command_line = Path(f"/proc/{worker.pid}/cmdline").read_bytes()
+    assert SECRET_KEY.encode() not in command_line
+
+
+def test_close_stops_the_worker(simulator: DemoApiServer, key: RotatingKey) -> None:
+    source = WorkerSource(config(simulator.url), key, "acme")
+    source.fetch(soon())
+    pid = source.pid
+    source.close()
+    assert source.pid is None
+    assert not Path(f"/proc/{pid}").exists()  # reaped, not left a zombie
