@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SECRET_KEY
+from conftest import SECRET_KEY, background_process, exporter_env, free_port
 from pydantic import SecretStr
 
 from magnet_exporter import __version__
@@ -161,3 +162,35 @@ def test_close_stops_the_worker(simulator: DemoApiServer, key: RotatingKey) -> N
     source.close()
     assert source.pid is None
     assert not Path(f"/proc/{pid}").exists()  # reaped, not left a zombie
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid`, whichever of its threads started them."""
+    tasks = Path(f"/proc/{pid}/task").glob("*/children")
+    return [int(child) for task in tasks for child in task.read_text().split()]
+
+
+def gone(pid: int, within: float) -> bool:
+    """True once `pid` has exited (a zombie counts: only its parent could reap it)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_workers_do_not_outlive_a_killed_exporter(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "magnet_exporter", "--demo", f"--listen-address={address}"]
+    log = tmp_path / "exporter.log"
+    with background_process(command, log, f"http://{address}/-/ready", exporter_env()) as run:
+        (worker_pid,) = children(run.pid)
+        run.kill()  # as the OOM killer would: no chance to stop the worker
+        run.wait()
+        assert gone(worker_pid, within=5.0)
+    assert "Traceback" not in log.read_text()

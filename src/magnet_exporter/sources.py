@@ -229,14 +229,17 @@ def _serve(connection: Connection) -> None:
         while True:
             try:
                 request: _Request = connection.recv()
-            except EOFError:
+            except (EOFError, OSError):  # the exporter is gone or done with us
                 return
             key = SecretStr(request.key)
             try:
                 reply: Fetched | _Failure = source.fetch(time.monotonic() + request.seconds_left)
             except PollError as error:
                 reply = _Failure.of(error)
-            connection.send(reply)
+            try:
+                connection.send(reply)
+            except OSError:  # the exporter stopped waiting (it replaces a slow worker)
+                return
 
 
 def main(argv: Sequence[str]) -> None:
