@@ -1,17 +1,19 @@
-"""The collector: what a poll state renders to, freshness, and help texts."""
+"""The collectors: what a poll state renders to, freshness, help texts and the data version."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
-from conftest import FakeClock
+from conftest import FIXED_NOW, FakeClock
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from magnet_exporter import __version__
 from magnet_exporter.client import Outcome
-from magnet_exporter.collector import MagnetCollector
+from magnet_exporter.collector import DataCollector, MagnetCollector, StatusCollector
 from magnet_exporter.model import SessionGroup, Snapshot
 from magnet_exporter.poller import PollState
 
@@ -26,11 +28,27 @@ SNAPSHOT = Snapshot(
 )
 
 
+STATUS_FAMILIES = {
+    "magnet_up",
+    "magnet_exporter_build_info",
+    "magnet_exporter_last_success_timestamp_seconds",
+}
+
+
 def render(state: PollState, clock: FakeClock, stale_after: float = 180) -> dict[str, Metric]:
+    """Both collectors' families, as the exporter serves them."""
+    families = {}
+    for collector in (
+        StatusCollector(lambda: {"acme": state}),
+        DataCollector(lambda: {"acme": state}, ("status", "model"), stale_after, clock),
+    ):
+        families.update(parse(collector))
+    return families
+
+
+def parse(collector: Collector) -> dict[str, Metric]:
     registry = CollectorRegistry()
-    registry.register(
-        MagnetCollector(lambda: {"acme": state}, ("status", "model"), stale_after, clock)
-    )
+    registry.register(collector)
     text = generate_latest(registry).decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
 
@@ -86,10 +104,67 @@ def test_data_is_served_up_to_stale_after_and_not_a_second_later() -> None:
 
 
 def test_each_collect_reads_the_current_state() -> None:
-    clock = FakeClock()
-    states = [PollState(False), PollState(True, SNAPSHOT, clock.now, clock.now)]
+    states = [PollState(False), PollState(True, SNAPSHOT, FIXED_NOW, FIXED_NOW)]
     registry = CollectorRegistry()
-    registry.register(MagnetCollector(lambda: {"acme": states[0]}, ("status", "model"), 180, clock))
+    registry.register(StatusCollector(lambda: {"acme": states[0]}))
     assert registry.get_sample_value("magnet_up", {"organization": "acme"}) == 0
     states.reverse()
     assert registry.get_sample_value("magnet_up", {"organization": "acme"}) == 1
+
+
+def test_status_and_data_are_split() -> None:
+    clock = FakeClock()
+    state = PollState(True, SNAPSHOT, clock.now, clock.now, Outcome.SUCCESS)
+    status = parse(StatusCollector(lambda: {"acme": state}))
+    data = parse(DataCollector(lambda: {"acme": state}, ("status", "model"), 180, clock))
+    assert set(status) == STATUS_FAMILIES
+    assert set(data) == set(render(state, clock)) - STATUS_FAMILIES
+
+
+def test_magnet_collector_renders_both() -> None:
+    clock = FakeClock()
+    state = PollState(True, SNAPSHOT, clock.now - 10, clock.now - 10, Outcome.SUCCESS)
+    both = MagnetCollector(lambda: {"acme": state}, ("status", "model"), 180, clock)
+    assert parse(both) == render(state, clock)
+
+
+def test_the_status_families_are_described_for_the_registry() -> None:
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(lambda: {"acme": PollState(True, None, FIXED_NOW)}))
+    restricted = registry.restricted_registry(["magnet_exporter_last_success_timestamp_seconds"])
+    (family,) = restricted.collect()
+    assert [s.value for s in family.samples] == [FIXED_NOW]
+
+
+class TestDataVersion:
+    """The version of the data tells whether the data families would render the same."""
+
+    def test_it_stays_while_nothing_changes(self) -> None:
+        clock = FakeClock()
+        states = {"acme": PollState(True, SNAPSHOT, clock.now, clock.now)}
+        data = DataCollector(lambda: states, ("status", "model"), 180, clock)
+        before = data.version()
+        # A failed poll keeps the snapshot and replaces the rest of the state.
+        states["acme"] = dataclasses.replace(states["acme"], up=False, last_poll=clock.now + 60)
+        clock.advance(60)
+        assert data.version() == before
+
+    def test_it_moves_with_each_new_snapshot_even_of_equal_data(self) -> None:
+        clock = FakeClock()
+        states = {"acme": PollState(True, SNAPSHOT, clock.now, clock.now)}
+        data = DataCollector(lambda: states, ("status", "model"), 180, clock)
+        before = data.version()
+        states["acme"] = PollState(True, dataclasses.replace(SNAPSHOT), clock.now, clock.now)
+        assert data.version() != before
+
+    def test_it_moves_when_data_turns_stale_and_with_a_new_organization(self) -> None:
+        clock = FakeClock()
+        states = {"acme": PollState(True, SNAPSHOT, clock.now, clock.now)}
+        data = DataCollector(lambda: states, ("status", "model"), 180, clock)
+        before = data.version()
+        states["globex"] = PollState(True, SNAPSHOT, clock.now, clock.now)
+        assert data.version() != before
+        with_globex = data.version()
+        clock.advance(181)
+        assert data.version() not in (before, with_globex)
+        assert list(data.collect()) == []

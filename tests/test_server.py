@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import html
 
 import httpx
 from conftest import RunningExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from magnet_exporter import __version__
 from magnet_exporter.demo import DemoApiServer, Fault
@@ -62,3 +64,48 @@ def test_metrics_content_negotiation_and_gzip(exporter: RunningExporter) -> None
     )
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
     assert openmetrics.text.rstrip().endswith("# EOF")
+
+
+def data_samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """The samples of the data families (those that do not change from scrape to scrape)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith(("magnet_sessions", "magnet_session_", "magnet_merges"))
+        for s in family.samples
+    }
+
+
+def test_metrics_gzip_decodes_to_the_identity_text(exporter: RunningExporter) -> None:
+    exporter.poll()
+    identity = httpx.get(exporter.url + "/metrics", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in identity.headers
+    expected = data_samples(identity.text)
+    assert expected
+    gzip_accepted = {"Accept-Encoding": "gzip"}
+    for _ in range(2):  # rendered, then from the cache
+        decoded = httpx.get(exporter.url + "/metrics", headers=gzip_accepted, timeout=5)
+        assert decoded.headers["content-encoding"] == "gzip"
+        assert data_samples(decoded.text) == expected
+        with httpx.stream("GET", exporter.url + "/metrics", headers=gzip_accepted) as raw:
+            body = b"".join(raw.iter_raw())
+        assert data_samples(gzip.decompress(body).decode()) == expected
+
+
+def test_metrics_answers_options_and_refuses_other_methods(exporter: RunningExporter) -> None:
+    options = httpx.options(exporter.url + "/metrics", timeout=5)
+    assert (options.status_code, options.headers["allow"]) == (200, "OPTIONS,GET")
+    post = httpx.post(exporter.url + "/metrics", timeout=5)
+    assert post.status_code == 405
+    assert post.text == "# HTTP 405 Method Not Allowed: POST; use OPTIONS or GET\n"
+
+
+def test_metrics_name_filter(exporter: RunningExporter) -> None:
+    exporter.poll()
+    response = httpx.get(
+        exporter.url + "/metrics",
+        params=[("name[]", "magnet_sessions"), ("name[]", "process_cpu_seconds_total")],
+        timeout=5,
+    )
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert names == {"magnet_sessions", "process_cpu_seconds"}

@@ -18,12 +18,11 @@ from prometheus_client import (
     CollectorRegistry,
     ProcessCollector,
     disable_created_metrics,
-    generate_latest,
 )
 
 from magnet_exporter import __version__
 from magnet_exporter.client import MagnetClient
-from magnet_exporter.collector import MagnetCollector
+from magnet_exporter.collector import DataCollector, StatusCollector
 from magnet_exporter.demo import (
     FAULT_KINDS,
     LISTED_SESSIONS,
@@ -179,10 +178,9 @@ class Exporter:
                 settings.poll_interval_seconds,
                 clock,
             )
-        registry.register(
-            MagnetCollector(self.states, settings.session_labels, settings.stale_after, clock)
-        )
-        self.app = ExporterApp(registry, self.states)
+        registry.register(StatusCollector(self.states))
+        data = DataCollector(self.states, settings.session_labels, settings.stale_after, clock)
+        self.app = ExporterApp(registry, self.states, data)
 
     def states(self) -> dict[str, PollState]:
         """Return the current state of every organization."""
@@ -243,7 +241,7 @@ def check(settings: Settings) -> int:
         print(f"magnet-exporter check failed{where}: {state.last_error}", file=sys.stderr)
     if failed:
         return EXIT_CHECK_FAILED
-    sys.stdout.write(generate_latest(registry).decode())
+    sys.stdout.write(exporter.app.exposition.text().decode())
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Poll states -> metric families: the one custom collector behind `/metrics`."""
+"""Poll states -> metric families: each organization's status, and its data while it is fresh."""
 
 from __future__ import annotations
 
@@ -28,14 +28,60 @@ STATS_METRICS = (
 States = Callable[[], Mapping[str, PollState]]
 """The current poll state of each organization, by the value of its `organization` label."""
 
+DataVersion = tuple[tuple[str, int, Snapshot], ...]
+"""Organization, `id` of its fresh snapshot and that snapshot, for each organization served.
 
-class MagnetCollector(Collector):
-    """Builds fresh metric families from the current poll states on every collect.
+Snapshots are replaced whole on each poll, never changed, so the `id` makes comparing two
+versions an identity check (no deep comparison of thousands of groups), while holding the
+snapshot itself keeps that `id` from being reused by a later snapshot.
+"""
+
+
+class StatusCollector(Collector):
+    """`magnet_up`, build info and last success time of every organization: small, so per scrape.
 
     A scrape only reads the states the pollers swapped in last: it never waits on the network.
-    Each family holds the samples of every organization. Once an organization's last good
-    data is older than `stale_after`, only its `magnet_up` and the exporter's own metrics are
-    served, so dashboards show a gap instead of old numbers.
+    """
+
+    def __init__(self, states: States) -> None:
+        self._states = states
+
+    def describe(self) -> Iterable[Metric]:
+        """Return the status families, empty: their names are fixed, whatever the states."""
+        return list(_status_families())
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the status families of the current states."""
+        up, build, last_success = _status_families()
+        for organization, state in self._states().items():
+            up.add_metric([organization], 1.0 if state.up else 0.0)
+            build.add_metric([organization], {"version": __version__})
+            if state.last_success is not None:
+                last_success.add_metric([organization], state.last_success)
+        yield up
+        yield build
+        if last_success.samples:
+            yield last_success
+
+
+def _status_families() -> tuple[GaugeMetricFamily, InfoMetricFamily, GaugeMetricFamily]:
+    return (
+        _gauge("magnet_up", "1 if the last poll of the Magnet API succeeded, else 0."),
+        InfoMetricFamily(
+            "magnet_exporter_build", "Version of the exporter.", labels=["organization"]
+        ),
+        _gauge(
+            "magnet_exporter_last_success_timestamp_seconds",
+            "Unix time at which the last successful poll ended.",
+        ),
+    )
+
+
+class DataCollector(Collector):
+    """The data families (stats and sessions) of every organization whose data is fresh.
+
+    Once an organization's last good data is older than `stale_after`, it is left out, so
+    dashboards show a gap instead of old numbers. `version` tells when the output changes.
     """
 
     def __init__(
@@ -47,34 +93,48 @@ class MagnetCollector(Collector):
         self._clock = clock
 
     def describe(self) -> Iterable[Metric]:
-        """Nothing: the families depend on the data, so the registry must not pre-collect."""
+        """Nothing: which families there are depends on the data."""
+        return []
+
+    def version(self) -> DataVersion:
+        """Return what `collect` would render now: equal versions mean the same output."""
+        now = self._clock()
+        return tuple(
+            (organization, id(state.snapshot), state.snapshot)
+            for organization, state in self._states().items()
+            if state.snapshot is not None and not self._is_stale(state.last_success, now)
+        )
+
+    def _is_stale(self, last_success: float | None, now: float) -> bool:
+        return last_success is None or now - last_success > self._stale_after
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the non-empty data families of the organizations with fresh data."""
+        data = _DataFamilies(self._label_names)
+        for organization, _, snapshot in self.version():
+            data.add(organization, snapshot)
+        yield from (family for family in data.families() if family.samples)
+
+
+class MagnetCollector(Collector):
+    """Status and data of every organization in one collector, for rendering all at once."""
+
+    def __init__(
+        self, states: States, label_names: tuple[str, ...], stale_after: float, clock: Clock
+    ) -> None:
+        self._parts = (
+            StatusCollector(states),
+            DataCollector(states, label_names, stale_after, clock),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing: the data families depend on the data, so the registry must not pre-collect."""
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the families of the current states."""
-        states = self._states()
-        up = _gauge("magnet_up", "1 if the last poll of the Magnet API succeeded, else 0.")
-        build = InfoMetricFamily(
-            "magnet_exporter_build", "Version of the exporter.", labels=["organization"]
-        )
-        last_success = _gauge(
-            "magnet_exporter_last_success_timestamp_seconds",
-            "Unix time at which the last successful poll ended.",
-        )
-        data = _DataFamilies(self._label_names)
-        for organization, state in states.items():
-            up.add_metric([organization], 1.0 if state.up else 0.0)
-            build.add_metric([organization], {"version": __version__})
-            if state.last_success is not None:
-                last_success.add_metric([organization], state.last_success)
-                if state.snapshot is not None and not self._is_stale(state.last_success):
-                    data.add(organization, state.snapshot)
-        yield up
-        yield build
-        yield from (family for family in (last_success, *data.families()) if family.samples)
-
-    def _is_stale(self, last_success: float) -> bool:
-        return self._clock() - last_success > self._stale_after
+        """Yield the status families, then the data families."""
+        for part in self._parts:
+            yield from part.collect()
 
 
 def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:

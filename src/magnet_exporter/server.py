@@ -16,10 +16,11 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 
 from magnet_exporter import __version__
 from magnet_exporter.collector import States
+from magnet_exporter.exposition import Exposition, VersionedCollector
 from magnet_exporter.poller import PollState
 from magnet_exporter.webconfig import BasicAuth, WebConfig
 
@@ -37,18 +38,29 @@ TLS_HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 
 class ExporterApp:
-    """Routes requests: `/metrics` to prometheus-client, the rest answered here."""
+    """Routes requests: `/metrics` to the exposition, the rest answered here.
 
-    def __init__(self, registry: CollectorRegistry, states: States) -> None:
-        self._metrics = make_wsgi_app(registry)
+    `registry` is rendered on every scrape, `data` once per version of its data.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, states: States, data: VersionedCollector | None = None
+    ) -> None:
+        self.exposition = Exposition(registry, data)
         self._states = states
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Answer one request."""
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            exposition: Iterable[bytes] = self._metrics(environ, start_response)
-            return exposition
+            answer = self.exposition.answer(
+                environ["REQUEST_METHOD"],
+                environ.get("HTTP_ACCEPT"),
+                environ.get("HTTP_ACCEPT_ENCODING"),
+                environ.get("QUERY_STRING", ""),
+            )
+            start_response(answer.status, answer.headers)
+            return [answer.body]
         if path == "/-/healthy":
             return _text(start_response, "200 OK", "Healthy.\n")
         if path == "/-/ready":
