@@ -1,23 +1,27 @@
 """The baseline: the exporter a user would write by hand in an afternoon.
 
 prometheus-client `Gauge`s set in a loop from `json.loads` of the whole body, served by
-`start_http_server`. It exposes the same metric names and labels as magnet-exporter, so that
+`start_http_server`. It serves the same series as magnet-exporter (the same metric names and
+labels, and from the first poll on the same zero series for the documented values), so that
 the scrape benchmark compares two servers of the same series.
 
-Run: `python benchmarks/naive_exporter.py --api-url URL --port PORT` (key in MAGNET_API_KEY).
+Run: `python -m benchmarks.naive_exporter --api-url URL --port PORT` (key in MAGNET_API_KEY).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 from prometheus_client import Gauge, start_http_server
 
-FIELDS = {
+FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "status": lambda session: session.get("status"),
     "pr_status": lambda session: (session.get("metadata") or {}).get("prStatus"),
     "model": lambda session: session.get("model"),
@@ -25,6 +29,11 @@ FIELDS = {
     "author": lambda session: (session.get("author") or {}).get("id"),
 }
 MISSING = {"pr_status": "none", "repository": "none"}
+DOCUMENTED = {
+    "status": ("active", "completed", "failed"),
+    "pr_status": ("none", "open", "draft", "merged", "closed"),
+}
+"""Values from the API documentation: each combination gets a series, at 0 if no session has it."""
 STATS = {
     "mergesPastWeek": Gauge("magnet_merges_past_week", "Merges.", ["organization"]),
     "authorsPastWeek": Gauge("magnet_authors_past_week", "Authors.", ["organization"]),
@@ -46,6 +55,10 @@ def poll(
         sessions[key] += 1
         messages[key] += session.get("messageCount") or 0
     sessions_gauge, messages_gauge = gauges
+    documented = (DOCUMENTED.get(name) or (MISSING.get(name, "unknown"),) for name in labels)
+    for key in itertools.product(*documented):
+        sessions_gauge.labels(organization, *key)  # a new child starts at 0
+        messages_gauge.labels(organization, *key)
     for key, count in sessions.items():
         sessions_gauge.labels(organization, *key).set(count)
         messages_gauge.labels(organization, *key).set(messages[key])

@@ -7,6 +7,7 @@ import http.client
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 PROMETHEUS_HEADERS = {
@@ -78,3 +79,12 @@ def scrape_load(url: str, clients: int, seconds: float) -> Load:
     for thread in threads:
         thread.join()
     return Load(time.monotonic() - started, latencies, len(errors))
+
+
+def combined(loads: Sequence[Load]) -> Load:
+    """Several loads of one server taken as one, as if they had run back to back."""
+    return Load(
+        sum(load.seconds for load in loads),
+        [latency for load in loads for latency in load.latencies],
+        sum(load.errors for load in loads),
+    )

@@ -1,0 +1,521 @@
+"""The benchmark runner: every measurement in one run, printed as one table.
+
+Run: `python -m benchmarks` (under two minutes on 2 cores; `--help` for smaller runs). Each
+figure is a ratio of two measurements taken in the same run, so that the speed of the machine
+cancels out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks import api
+from benchmarks.procfs import descendants, machine
+from benchmarks.scrape import Load, combined, scrape_load
+from magnet_exporter.model import SnapshotParser
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("status", "pr_status", "model")
+"""The default session labels, which every program here uses."""
+SESSION_METRICS = ("magnet_sessions", "magnet_session_messages")
+ORGANIZATION = "default"
+"""The `organization` label magnet-exporter uses when none is configured."""
+API_KEY = "k"
+CONTRACT_SIZE = 100_000
+"""The body size (in sessions) at which the parse target applies."""
+PARSE_TARGET = 0.6
+MEMORY_TARGET = 2.0
+BUSY_P99_TARGET = 3.0
+BUSY_P99_LIMIT = 0.050
+RSS_TARGET = 1.1
+READY_SECONDS = 60.0
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot give a figure: a child failed, or the exporters disagree."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    measurement: str
+    ours: str
+    baseline: str
+    ratio: float | None = None
+    """Ours over the baseline."""
+    target: str = "-"
+    met: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """What the harness reported after a batch of polls."""
+
+    polls: int
+    failed: int
+    seconds: float
+    rss: int
+
+
+def progress(message: str) -> None:
+    """Tell the person waiting what runs now (on stderr: stdout is the table)."""
+    print(f"[benchmarks] {message}", file=sys.stderr, flush=True)
+
+
+def ms(seconds: float) -> str:
+    """Seconds as milliseconds, with a precision that suits their size."""
+    milliseconds = seconds * 1000
+    return f"{milliseconds:.2f} ms" if milliseconds < 10 else f"{milliseconds:.0f} ms"
+
+
+def mb(size: int) -> str:
+    """Bytes in MB (10^6), as the body sizes are given."""
+    return f"{size / 1e6:.1f} MB"
+
+
+# --- 1. Poll processing: CPU time against json.loads ------------------------------------------
+
+
+def cpu_seconds(work: Callable[[], object]) -> float:
+    """CPU seconds that one call takes; its result is freed after the clock stops."""
+    gc.collect()
+    started = time.process_time()
+    result = work()
+    elapsed = time.process_time() - started
+    del result
+    return elapsed
+
+
+def parse_row(size: int, body: bytes, rounds: int, parser: SnapshotParser) -> Row:
+    """Best CPU time of our parsing and of json.loads over interleaved rounds."""
+    ours: list[float] = []
+    loads: list[float] = []
+    # Small bodies are cheap: more rounds make their best figure steadier.
+    for _ in range(max(rounds, min(50, 200_000 // size))):
+        loads.append(cpu_seconds(lambda: json.loads(body)))
+        ours.append(cpu_seconds(lambda: parser.parse(body)))
+    # Noise from the rest of the machine only ever adds time: the best round is the truest.
+    ratio = min(ours) / min(loads)
+    applies = size == CONTRACT_SIZE
+    return Row(
+        f"poll processing CPU, {size:,} sessions ({mb(len(body))})",
+        ms(min(ours)),
+        f"{ms(min(loads))} json.loads",
+        ratio,
+        f"<= {PARSE_TARGET}" if applies else "-",
+        ratio <= PARSE_TARGET if applies else None,
+    )
+
+
+# --- 2. Memory: peak resident memory added, in a fresh process per mode -----------------------
+
+
+def memory_row(size: int, body: bytes, workdir: Path) -> Row:
+    """Peak memory that our parsing and json.loads add, each against the body's size."""
+    path = workdir / "body.json"
+    path.write_bytes(body)
+    added: dict[str, int] = {}
+    for mode in ("parse", "loads"):
+        output = subprocess.run(
+            [sys.executable, "-m", "benchmarks.memory", mode, str(path)],
+            cwd=workdir,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if output.returncode != 0:
+            raise BenchmarkError(f"benchmarks.memory {mode} failed:\n{output.stderr}")
+        added[mode] = json.loads(output.stdout)["added"]
+    path.unlink()
+    ours, loads = added["parse"] / len(body), added["loads"] / len(body)
+    return Row(
+        f"peak memory added / body size, {size:,} sessions",
+        f"{ours:.2f} x ({mb(added['parse'])})",
+        f"{loads:.2f} x json.loads",
+        ours / loads,
+        f"ours <= {MEMORY_TARGET} x",
+        ours <= MEMORY_TARGET,
+    )
+
+
+# --- Child processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment of a child: the benchmarks importable, no MAGNET_* settings of the caller."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MAGNET_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
+    return {**env, **extra}
+
+
+@contextlib.contextmanager
+def child(
+    arguments: Sequence[str], workdir: Path, env: dict[str, str] | None = None, **popen: Any
+) -> Iterator[subprocess.Popen[str]]:
+    """Run `python ARGUMENTS` in `workdir` (no .env there); always stop it and its children."""
+    command = [sys.executable, *arguments]
+    env = env or child_env()
+    with subprocess.Popen(command, cwd=workdir, env=env, text=True, **popen) as process:
+        try:
+            yield process
+        finally:
+            stop(process)
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """Terminate a child, then kill whatever it started and left behind."""
+    family = descendants(process.pid)
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_until(
+    process: subprocess.Popen[str], url: str, ready: Callable[[httpx.Response], bool]
+) -> None:
+    """Wait until `url` answers as `ready` wants; fail if the process ends or time runs out."""
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchmarkError(f"{process.args!r} exited with code {process.returncode}")
+        with contextlib.suppress(httpx.TransportError):
+            if ready(httpx.get(url, headers={"x-api-key": API_KEY}, timeout=10)):
+                return
+        time.sleep(0.1)
+    raise BenchmarkError(f"{url} not ready within {READY_SECONDS:.0f} s")
+
+
+def serves_sessions(response: httpx.Response) -> bool:
+    """True once an exporter serves the session metrics, that is after its first poll."""
+    return response.status_code == 200 and "\nmagnet_sessions{" in response.text
+
+
+# --- 3. Scrape: ours against the naive exporter ------------------------------------------------
+
+
+SeriesValues = dict[str, float]
+
+
+def session_series(url: str) -> SeriesValues:
+    """The session series on `url`, as `name{labels}` -> value, read by prometheus-client."""
+    text = httpx.get(url, timeout=10).text
+    return {
+        f"{sample.name}{dict(sorted(sample.labels.items()))}": sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name in SESSION_METRICS
+        for sample in family.samples
+    }
+
+
+def check_same_series(ours_url: str, naive_url: str) -> None:
+    """Fail unless both exporters serve the same session series with the same values."""
+    ours, naive = session_series(ours_url), session_series(naive_url)
+    if ours == naive:
+        return
+    problems = [f"only ours: {key}" for key in sorted(ours.keys() - naive.keys())]
+    problems += [f"only naive: {key}" for key in sorted(naive.keys() - ours.keys())]
+    problems += [
+        f"values differ: {key} ours {ours[key]} naive {naive[key]}"
+        for key in sorted(ours.keys() & naive.keys())
+        if ours[key] != naive[key]
+    ]
+    shown = "\n  ".join(problems[:20])
+    raise BenchmarkError(f"the exporters serve different session series:\n  {shown}")
+
+
+def load_rows(clients: int, ours: Load, naive: Load) -> list[Row]:
+    """Throughput, p50 and p99 of both exporters under the same load."""
+    where = f"/metrics, {clients} client{'s' if clients > 1 else ''}"
+    ours_p50, naive_p50 = ours.percentile(0.5), naive.percentile(0.5)
+    ours_p99, naive_p99 = ours.percentile(0.99), naive.percentile(0.99)
+    return [
+        Row(
+            f"{where}: requests/s",
+            f"{ours.rate:.0f}",
+            f"{naive.rate:.0f} naive",
+            ours.rate / naive.rate,
+            ">= 1",
+            ours.rate >= naive.rate,
+        ),
+        Row(f"{where}: p50", ms(ours_p50), f"{ms(naive_p50)} naive", ours_p50 / naive_p50),
+        Row(
+            f"{where}: p99",
+            ms(ours_p99),
+            f"{ms(naive_p99)} naive",
+            ours_p99 / naive_p99,
+            "<= 1",
+            ours_p99 <= naive_p99,
+        ),
+    ]
+
+
+def loaded(url: str, clients: int, seconds: float) -> Load:
+    """Scrape load on `url`, failing the benchmark if any scrape failed."""
+    load = scrape_load(url, clients, seconds)
+    if load.errors or not load.latencies:
+        raise BenchmarkError(f"{url}: {load.errors} failed scrapes, {len(load.latencies)} good")
+    return load
+
+
+def compare_loads(urls: Sequence[str], clients: int, seconds: float) -> list[Load]:
+    """The same load on each URL, in alternating slices of about a second after a warm-up."""
+    for url in urls:
+        loaded(url, clients, min(0.5, seconds / 5))  # first scrapes pay one-time costs
+    slices = max(1, round(seconds))
+    taken: list[list[Load]] = [[] for _ in urls]
+    for index in range(slices):
+        # Alternating which goes first spreads drifts of the machine's speed over both.
+        order = range(len(urls)) if index % 2 == 0 else reversed(range(len(urls)))
+        for which in order:
+            taken[which].append(loaded(urls[which], clients, seconds / slices))
+    return [combined(loads) for loads in taken]
+
+
+def scrape_rows(options: argparse.Namespace, api_url: str, workdir: Path) -> list[Row]:
+    """Start both exporters, check they serve the same series, load each in turn."""
+    ours_port, naive_port = free_port(), free_port()
+    ours_command = ["-m", "magnet_exporter", "--api-url", api_url]
+    ours_command += ["--listen-address", f"127.0.0.1:{ours_port}", "--log-level", "warning"]
+    naive_command = ["-m", "benchmarks.naive_exporter", "--api-url", api_url]
+    naive_command += ["--port", str(naive_port), "--organization", ORGANIZATION]
+    env = child_env(MAGNET_API_KEY=API_KEY)
+    urls = (f"http://127.0.0.1:{ours_port}/metrics", f"http://127.0.0.1:{naive_port}/metrics")
+    with child(ours_command, workdir, env) as ours, child(naive_command, workdir, env) as naive:
+        progress("scrape: starting magnet-exporter and the naive exporter")
+        for process, url in zip((ours, naive), urls, strict=True):
+            wait_until(process, url, serves_sessions)
+        check_same_series(*urls)
+        rows = []
+        for clients in (1, 8):
+            progress(f"scrape: {clients} client(s), {options.scrape_seconds} s on each exporter")
+            ours_load, naive_load = compare_loads(urls, clients, options.scrape_seconds)
+            rows += load_rows(clients, ours_load, naive_load)
+    return rows
+
+
+# --- 4 and 5. Scrapes during polls, and steady-state memory, in the harness --------------------
+
+
+def read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The next line the harness prints, within `timeout` seconds."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else ""
+    if not line:
+        returncode = process.poll()
+        why = f"exited with code {returncode}" if returncode is not None else "did not answer"
+        raise BenchmarkError(f"the harness {why} within {timeout:.0f} s")
+    return line
+
+
+def send(process: subprocess.Popen[str], command: str) -> None:
+    """Give the harness one command."""
+    assert process.stdin is not None
+    process.stdin.write(command + "\n")
+    process.stdin.flush()
+
+
+def batch_done(process: subprocess.Popen[str], polls: int) -> Batch:
+    """Wait for the report of a batch of `polls` polls; fail if any poll failed."""
+    batch = Batch(**json.loads(read_line(process, timeout=60 + 2 * polls)))
+    if batch.failed:
+        raise BenchmarkError(f"{batch.failed} of {batch.polls} polls failed in the harness")
+    return batch
+
+
+def poll_rows(options: argparse.Namespace, api_url: str, workdir: Path) -> list[Row]:
+    """p99 while polls run against idle, RSS after many polls against after a few."""
+    first, rest = options.first_polls, options.polls - options.first_polls
+    seconds = options.scrape_seconds
+    harness_command = ["-m", "benchmarks.exporter", "--api-url", api_url]
+    pipe = subprocess.PIPE
+    with child(harness_command, workdir, stdin=pipe, stdout=pipe) as harness:
+        url = f"http://127.0.0.1:{int(read_line(harness, READY_SECONDS))}/metrics"
+        progress(f"polls: {first} polls, then {seconds} s of scrapes while idle")
+        send(harness, f"poll {first}")
+        warm = batch_done(harness, first)
+        idle = loaded(url, 1, seconds)
+        progress(f"polls: {rest} more polls, scraped for the first {seconds} s")
+        send(harness, f"poll {rest}")
+        busy = loaded(url, 1, seconds)
+        done = batch_done(harness, rest)
+        send(harness, "quit")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            harness.wait(timeout=10)  # a clean exit first; `child` stops it otherwise
+    if done.seconds < seconds:
+        progress(f"note: the polls ended after {done.seconds:.1f} s, before the scrapes did")
+    busy_p99, idle_p99 = busy.percentile(0.99), idle.percentile(0.99)
+    return [
+        Row(
+            f"/metrics p99, 1 client, during polls vs idle ({options.poll_sessions:,} sessions)",
+            ms(busy_p99),
+            f"{ms(idle_p99)} idle",
+            busy_p99 / idle_p99,
+            f"<= {BUSY_P99_TARGET:.0f} and < {ms(BUSY_P99_LIMIT)}",
+            busy_p99 <= BUSY_P99_TARGET * idle_p99 and busy_p99 < BUSY_P99_LIMIT,
+        ),
+        Row(
+            f"resident memory after {options.polls:,} polls vs after {first:,}",
+            mb(done.rss),
+            f"{mb(warm.rss)} after {first:,}",
+            done.rss / warm.rss,
+            f"<= {RSS_TARGET}",
+            done.rss <= RSS_TARGET * warm.rss,
+        ),
+        Row(f"time per poll, {options.poll_sessions:,} sessions", ms(done.seconds / rest), "-"),
+    ]
+
+
+# --- The run and its table ---------------------------------------------------------------------
+
+
+def measure(options: argparse.Namespace) -> list[Row]:
+    """Every measurement, in an order that keeps the quiet ones away from the busy ones."""
+    with tempfile.TemporaryDirectory(prefix="magnet-benchmarks-") as tmp:
+        workdir = Path(tmp)
+        progress(f"generating payloads of {', '.join(f'{n:,}' for n in options.sizes)} sessions")
+        payloads = {size: api.payload(size) for size in options.sizes}
+        parser = SnapshotParser(LABELS)
+        rows = []
+        for size, body in payloads.items():
+            progress(f"poll processing: {size:,} sessions")
+            rows.append(parse_row(size, body, options.rounds, parser))
+        largest = max(payloads)
+        progress(f"memory: {largest:,} sessions")
+        rows.append(memory_row(largest, payloads.pop(largest), workdir))
+        del payloads
+        port = free_port()
+        api_command = ["-m", "benchmarks.api", "--sessions", str(options.poll_sessions)]
+        with child([*api_command, "--port", str(port)], workdir) as api_server:
+            api_url = f"http://127.0.0.1:{port}"
+            wait_until(api_server, f"{api_url}/api/sessions", lambda r: r.status_code == 200)
+            rows += scrape_rows(options, api_url, workdir)
+            rows += poll_rows(options, api_url, workdir)
+    return rows
+
+
+HEADER = ("measurement", "ours", "baseline", "ratio", "target", "met")
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table, aligned so that it also reads well as plain text."""
+    cells = [HEADER] + [
+        (
+            row.measurement,
+            row.ours,
+            row.baseline,
+            "-" if row.ratio is None else f"{row.ratio:.2f}",
+            row.target,
+            "-" if row.met is None else ("yes" if row.met else "NO"),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(HEADER))]
+    numeric = (False, True, True, True, False, False)
+
+    def line(values: Sequence[str]) -> str:
+        padded = (
+            value.rjust(width) if right else value.ljust(width)
+            for value, width, right in zip(values, widths, numeric, strict=True)
+        )
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|".join(
+        "-" * (w + 1) + (":" if r else "-") for w, r in zip(widths, numeric, strict=True)
+    )
+    return "\n".join([line(cells[0]), f"|{rule}|", *(line(values) for values in cells[1:])])
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    """`1000,10000` -> (1000, 10000), each at least 1."""
+    values = tuple(int(part) for part in text.split(","))
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive numbers of sessions")
+    return tuple(sorted(set(values)))
+
+
+def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; the defaults are the figures of the README."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    add = parser.add_argument
+    add(
+        "--sizes",
+        type=sizes,
+        default=(1_000, 10_000, CONTRACT_SIZE),
+        metavar="N,N,...",
+        help="sessions per body for poll processing; the largest for memory too "
+        "(default 1000,10000,100000)",
+    )
+    add("--rounds", type=int, default=5, help="parse rounds at the largest size (default 5)")
+    add("--scrape-seconds", type=float, default=5.0, help="seconds of each scrape load (default 5)")
+    add(
+        "--poll-sessions",
+        type=int,
+        default=10_000,
+        help="sessions the API serves to the exporters (default 10000)",
+    )
+    add("--polls", type=int, default=1_000, help="polls in the harness in all (default 1000)")
+    add(
+        "--first-polls",
+        type=int,
+        default=10,
+        help="polls before the idle scrapes and the first memory figure (default 10)",
+    )
+    options = parser.parse_args(argv)
+    if not 1 <= options.first_polls < options.polls:
+        parser.error("--first-polls must be at least 1 and less than --polls")
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run everything, print the machine, the table and the wall time; 1 if a figure failed."""
+    options = parse_options(argv)
+    started = time.monotonic()
+    try:
+        rows = measure(options)
+    except BenchmarkError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    missed = [row.measurement for row in rows if row.met is False]
+    print(f"machine: {machine()}")
+    print()
+    print(table(rows))
+    print()
+    print(f"targets missed: {len(missed)} of {sum(row.met is not None for row in rows)}")
+    print()  # a paragraph of its own when the output is pasted into Markdown
+    print(f"total wall time: {time.monotonic() - started:.0f} s")
+    return 0
