@@ -83,7 +83,7 @@ class Answer:
     """A 2xx answer to `GET /api/sessions`, its body read in full."""
 
     status_code: int
-    body: bytes
+    body: bytes | bytearray
 
 
 def outcome_for_status(status_code: int) -> Outcome:
@@ -165,7 +165,7 @@ class MagnetClient:
         self._params = {"organizationId": organization_id} if organization_id else {}
         self._max_bytes = max_response_bytes
 
-    def fetch_sessions(self) -> bytes:
+    def fetch_sessions(self) -> bytes | bytearray:
         """Return the body of a 2xx answer to `GET /api/sessions`, or raise `PollError`."""
         return self.fetch().body
 
@@ -214,28 +214,28 @@ class MagnetClient:
             pool=cut(configured.pool),
         )
 
-    def _read_body(self, response: httpx.Response, deadline: float | None) -> bytes:
+    def _read_body(self, response: httpx.Response, deadline: float | None) -> bytearray:
         """Read the decoded body in chunks; abandon it past the byte limit or the deadline."""
         declared = response.headers.get("content-length", "")
         # Without content coding the declared length is the body's size: refuse before reading.
         encoded = "content-encoding" in response.headers
         if declared.isdigit() and int(declared) > self._max_bytes and not encoded:
             raise _too_large(response.status_code, self._max_bytes)
-        chunks: list[bytes] = []
-        size = 0
+        # One buffer that grows in place, not a list of chunks joined at the end: the body is
+        # held once, in one block that goes back to the system when the poll is over.
+        body = bytearray()
         try:
             for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > self._max_bytes:  # decoded size: a small gzip bomb is stopped here too
+                if len(body) + len(chunk) > self._max_bytes:  # decoded size: gzip bombs too
                     raise _too_large(response.status_code, self._max_bytes)
-                chunks.append(chunk)
+                body += chunk
                 if deadline is not None and time.monotonic() > deadline:
                     # httpx's read timeout is per read: a slow trickle would never trip it.
                     raise PollError(Outcome.TIMEOUT, "timed out: the body came too slowly")
         except httpx.DecodingError as exc:
             reason = f"invalid response: {_describe(exc)}"
             raise PollError(Outcome.INVALID_RESPONSE, reason, response.status_code) from None
-        return b"".join(chunks)
+        return body
 
 
 def _describe(exc: httpx.HTTPError) -> str:

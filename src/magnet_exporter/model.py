@@ -213,7 +213,7 @@ class SnapshotParser:
         self._decoder = _response_decoder(self.label_names)
         self._grouping = _Grouping(self.label_names)
 
-    def parse(self, body: bytes) -> Snapshot:
+    def parse(self, body: bytes | bytearray) -> Snapshot:
         """Validate a body and aggregate it in one pass, or raise `PollError`."""
         try:
             response = self._decoder.decode(body)
@@ -244,7 +244,7 @@ def _present_stats(stats: Any) -> dict[str, float]:
     return {field: value for field in STATS_FIELDS if (value := getattr(stats, field)) is not None}
 
 
-def parse_snapshot(body: bytes, label_names: Sequence[str]) -> Snapshot:
+def parse_snapshot(body: bytes | bytearray, label_names: Sequence[str]) -> Snapshot:
     """Parse one body; a poller keeps a `SnapshotParser` instead, built once."""
     return SnapshotParser(label_names).parse(body)
 

@@ -30,6 +30,12 @@ from magnet_exporter.model import Snapshot, SnapshotParser
 
 log = logging.getLogger("magnet_exporter.sources")
 
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+"""glibc's allocator, fixed to give every block of 1 MiB or more its own mapping.
+
+By default the threshold rises to the size of the largest block freed, so that after the
+first poll each body lands on the heap, which keeps its high-water mark for good.
+"""
 WORKER_NICENESS = 10
 """How much lower than the exporter's the worker's CPU priority is (see `os.nice`)."""
 REPLY_GRACE_SECONDS = 5.0
@@ -179,6 +185,7 @@ class WorkerSource:
                 [sys.executable, "-m", "magnet_exporter.sources", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                env={**WORKER_MALLOC, **os.environ},  # the operator's own tuning wins
             )
             self._connection = Connection(os.dup(ours.fileno()))
         self._connection.send(self._config)
