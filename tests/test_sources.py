@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from magnet_exporter.sources import (
     Fetched,
     InProcessSource,
     WorkerConfig,
+    WorkerPool,
     WorkerSource,
 )
 
@@ -43,7 +45,6 @@ class RotatingKey:
 def config(url: str, max_bytes: int = 2**20) -> WorkerConfig:
     return WorkerConfig(
         api_url=url,
-        organization_id=None,
         label_names=LABELS,
         timeout=5.0,
         max_response_bytes=max_bytes,
@@ -57,12 +58,22 @@ def key() -> RotatingKey:
 
 
 @pytest.fixture
-def worker(simulator: DemoApiServer, key: RotatingKey) -> Iterator[WorkerSource]:
-    source = WorkerSource(config(simulator.url), key, "acme", reply_grace=0.5)
+def pool(simulator: DemoApiServer) -> Iterator[WorkerPool]:
+    workers = WorkerPool(config(simulator.url), 2, reply_grace=0.5)
     try:
-        yield source
+        yield workers
     finally:
-        source.close()
+        workers.close()
+
+
+@pytest.fixture
+def worker(pool: WorkerPool, key: RotatingKey) -> WorkerSource:
+    return WorkerSource(pool, None, key)
+
+
+def the_pid(pool: WorkerPool) -> int:
+    (pid,) = pool.pids
+    return pid
 
 
 def soon() -> float:
@@ -118,22 +129,24 @@ def test_an_unparsable_answer_keeps_its_status_code(
     assert error.code == "200"  # counted in requests_total as the 200 it was
 
 
-def test_a_dead_worker_fails_one_poll_and_is_replaced(worker: WorkerSource) -> None:
+def test_a_dead_worker_fails_one_poll_and_is_replaced(
+    worker: WorkerSource, pool: WorkerPool
+) -> None:
     worker.fetch(soon())
-    first = worker.pid
-    assert first is not None
+    first = the_pid(pool)
     os.kill(first, signal.SIGKILL)
     error = failure(worker)
     assert error.outcome is Outcome.INVALID_RESPONSE
     assert "exited" in error.reason
     assert worker.fetch(soon()).status_code == 200
-    assert worker.pid not in (None, first)
+    assert the_pid(pool) != first
 
 
-def test_a_stuck_worker_is_replaced_after_the_deadline(worker: WorkerSource) -> None:
+def test_a_stuck_worker_is_replaced_after_the_deadline(
+    worker: WorkerSource, pool: WorkerPool
+) -> None:
     worker.fetch(soon())
-    stuck = worker.pid
-    assert stuck is not None
+    stuck = the_pid(pool)
     os.kill(stuck, signal.SIGSTOP)
     started = time.monotonic()
     with pytest.raises(PollError) as caught:
@@ -145,22 +158,71 @@ def test_a_stuck_worker_is_replaced_after_the_deadline(worker: WorkerSource) -> 
 
 
 def test_worker_runs_at_a_lower_priority_and_without_the_key_in_its_command_line(
-    worker: WorkerSource,
+    worker: WorkerSource, pool: WorkerPool
 ) -> None:
     worker.fetch(soon())
-    assert worker.pid is not None
-    stat = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    pid = the_pid(pool)
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     assert int(stat[16]) == os.nice(0) + WORKER_NICENESS  # field 19 of proc(5): nice
-    command_line = Path(f"/proc/{worker.pid}/cmdline").read_bytes()
+    command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
     assert SECRET_KEY.encode() not in command_line
 
 
-def test_close_stops_the_worker(simulator: DemoApiServer, key: RotatingKey) -> None:
-    source = WorkerSource(config(simulator.url), key, "acme")
-    source.fetch(soon())
-    pid = source.pid
-    source.close()
-    assert source.pid is None
+def test_organizations_share_workers_and_each_gets_its_own_answer(
+    pool: WorkerPool, simulator: DemoApiServer
+) -> None:
+    acme = WorkerSource(pool, "acme", RotatingKey("acme-key"))
+    globex = WorkerSource(pool, "globex", RotatingKey("globex-key"))
+    for source, organization in ((acme, "acme"), (globex, "globex"), (acme, "acme")):
+        source.fetch(soon())
+        assert simulator.last_query["organizationId"] == [organization]
+        assert simulator.last_headers["x-api-key"] == f"{organization}-key"
+    assert acme.fetch(soon()) != globex.fetch(soon())  # the simulator's orgs differ
+    assert len(pool.pids) == 1  # one poll at a time needs one worker
+
+
+def test_polls_at_the_same_moment_use_more_workers_up_to_the_size(
+    pool: WorkerPool, simulator: DemoApiServer
+) -> None:
+    simulator.fault = Fault(200, b'{"sessions": []}', delay=0.5)
+    sources = [WorkerSource(pool, f"org-{n}", RotatingKey("k")) for n in range(3)]
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda s=s: results.append(s.fetch(soon()).status_code))
+        for s in sources
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [200, 200, 200]  # the third waited for a worker to come free
+    assert len(pool.pids) == 2
+
+
+def test_a_poll_waiting_past_its_deadline_for_a_worker_times_out(
+    simulator: DemoApiServer,
+) -> None:
+    one = WorkerPool(config(simulator.url), 1)
+    try:
+        simulator.fault = Fault(200, b'{"sessions": []}', delay=1.0)
+        busy = threading.Thread(
+            target=WorkerSource(one, None, RotatingKey("k")).fetch, args=(soon(),)
+        )
+        busy.start()
+        time.sleep(0.2)
+        with pytest.raises(PollError) as caught:
+            WorkerSource(one, None, RotatingKey("k")).fetch(time.monotonic() + 0.2)
+        assert caught.value.outcome is Outcome.TIMEOUT
+        busy.join()
+    finally:
+        one.close()
+
+
+def test_close_stops_every_worker(worker: WorkerSource, pool: WorkerPool) -> None:
+    worker.fetch(soon())
+    pid = the_pid(pool)
+    pool.close()
+    assert pool.pids == []
     assert not Path(f"/proc/{pid}").exists()  # reaped, not left a zombie
 
 

@@ -41,7 +41,14 @@ from magnet_exporter.settings import (
     describe_errors,
     split_listen_address,
 )
-from magnet_exporter.sources import InProcessSource, SnapshotSource, WorkerConfig, WorkerSource
+from magnet_exporter.sources import (
+    MAX_WORKERS,
+    InProcessSource,
+    SnapshotSource,
+    WorkerConfig,
+    WorkerPool,
+    WorkerSource,
+)
 from magnet_exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger("magnet_exporter")
@@ -166,10 +173,11 @@ class Exporter:
         """Poll through `http` in this process, or, without it, each organization in a worker."""
         metrics = PollMetrics(registry)
         self.pollers: dict[str, Poller] = {}
-        self._sources = {
-            target.name: _source(settings, http, target) for target in settings.targets()
-        }
-        for target in settings.targets():
+        targets = settings.targets()
+        via = http if http is not None else _worker_pool(settings, len(targets))
+        self._pool = via if isinstance(via, WorkerPool) else None
+        self._sources = {target.name: _source(settings, target, via) for target in targets}
+        for target in targets:
             self.pollers[target.name] = Poller(
                 self._sources[target.name],
                 SessionSeries(settings.session_labels, settings.max_label_values),
@@ -186,31 +194,39 @@ class Exporter:
         """Return the current state of every organization."""
         return {name: poller.state for name, poller in self.pollers.items()}
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the running poll workers."""
+        return self._pool.pids if self._pool is not None else []
+
     def close(self) -> None:
         """Stop the poll workers, if any."""
-        for source in self._sources.values():
-            source.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
-def _source(settings: Settings, http: httpx.Client | None, target: Target) -> SnapshotSource:
-    if http is not None:
-        client = MagnetClient(
-            http,
-            settings.api_url,
-            target.key,
-            target.organization_id,
-            max_response_bytes=settings.max_response_bytes,
-        )
-        return InProcessSource(client, settings.session_labels)
+def _source(settings: Settings, target: Target, via: httpx.Client | WorkerPool) -> SnapshotSource:
+    if isinstance(via, WorkerPool):
+        return WorkerSource(via, target.organization_id, target.key)
+    client = MagnetClient(
+        via,
+        settings.api_url,
+        target.key,
+        target.organization_id,
+        max_response_bytes=settings.max_response_bytes,
+    )
+    return InProcessSource(client, settings.session_labels)
+
+
+def _worker_pool(settings: Settings, organizations: int) -> WorkerPool:
     config = WorkerConfig(
         api_url=settings.api_url,
-        organization_id=target.organization_id,
         label_names=settings.session_labels,
         timeout=settings.request_timeout_seconds,
         max_response_bytes=settings.max_response_bytes,
         headers=(("User-Agent", USER_AGENT),),
     )
-    return WorkerSource(config, target.key, target.name)
+    return WorkerPool(config, min(organizations, MAX_WORKERS))
 
 
 def exporter_registry() -> CollectorRegistry:

@@ -1,10 +1,10 @@
 """Where a poll's snapshot comes from: one request and its parsing, here or in a worker process.
 
-In a served exporter each organization is polled by a worker process: decoding a large body
-holds the interpreter lock for tens of milliseconds, and reading it over HTTP competes for the
-lock in small slices, both of which would stall the threads that answer scrapes. The worker
-runs at a lower CPU priority, so that on a busy machine scrapes come first. Only the
-snapshot, a few kilobytes, comes back.
+In a served exporter the polls run in worker processes, a small pool shared by every
+organization: decoding a large body holds the interpreter lock for tens of milliseconds, and
+reading it over HTTP competes for the lock in small slices, both of which would stall the
+threads that answer scrapes. Workers run at a lower CPU priority, so that on a busy machine
+scrapes come first. Only the snapshot, a few kilobytes, comes back.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -40,6 +41,8 @@ WORKER_NICENESS = 10
 """How much lower than the exporter's the worker's CPU priority is (see `os.nice`)."""
 REPLY_GRACE_SECONDS = 5.0
 """How long past a request's deadline a worker may take to answer before it is replaced."""
+MAX_WORKERS = 4
+"""Worker processes at most, however many organizations: polls at the same moment share them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +94,6 @@ class WorkerConfig:
     """What a worker needs to build its own client and parser (no secret in here)."""
 
     api_url: str
-    organization_id: str | None
     label_names: tuple[str, ...]
     timeout: float
     max_response_bytes: int
@@ -100,6 +102,7 @@ class WorkerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class _Request:
+    organization_id: str | None
     key: str
     seconds_left: float
 
@@ -132,51 +135,40 @@ class _Failure:
         )
 
 
-class WorkerSource:
-    """Requests and parses in a child process of its own, started on first use.
+class _Worker:
+    """One worker process, started on first use, serving one request at a time.
 
-    A worker that dies or stops answering is replaced on the next poll; the poll it was
+    A worker that dies or stops answering is replaced by the next request; the poll it was
     serving fails with `invalid_response`.
     """
 
-    def __init__(
-        self,
-        config: WorkerConfig,
-        key: Callable[[], SecretStr],
-        name: str,
-        *,
-        reply_grace: float = REPLY_GRACE_SECONDS,
-    ) -> None:
+    def __init__(self, config: WorkerConfig, reply_grace: float) -> None:
         self._config = config
-        self._key = key
-        self._name = name
         self._reply_grace = reply_grace
-        self._lock = threading.Lock()  # one request at a time per worker
+        self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._connection: Connection | None = None
 
-    def fetch(self, deadline: float) -> Fetched:
-        """Have the worker request and parse; its failures come back as `PollError`."""
-        with self._lock:
-            reply = self._exchange(deadline)
-        if isinstance(reply, _Failure):
-            raise reply.error()
-        return reply
+    @property
+    def pid(self) -> int | None:
+        """The process id, while the worker runs."""
+        return self._process.pid if self._process is not None else None
 
-    def _exchange(self, deadline: float) -> Fetched | _Failure:
-        connection = self._connection or self._start()
-        seconds_left = deadline - time.monotonic()
-        try:
-            connection.send(_Request(self._key().get_secret_value(), seconds_left))
-            if not connection.poll(max(0.0, seconds_left) + self._reply_grace):
-                raise TimeoutError
-            reply: Fetched | _Failure = connection.recv()
-        except (OSError, EOFError) as exc:
-            self._stop()
-            what = "did not answer in time" if isinstance(exc, TimeoutError) else "exited"
-            reason = f"the poll worker {what}; a new one serves the next poll"
-            return _Failure(Outcome.INVALID_RESPONSE, reason, None, False, None)
-        return reply
+    def exchange(self, request: _Request) -> Fetched | _Failure:
+        """Send a request and wait for its reply, up to its deadline and the grace."""
+        with self._lock:
+            connection = self._connection or self._start()
+            try:
+                connection.send(request)
+                if not connection.poll(max(0.0, request.seconds_left) + self._reply_grace):
+                    raise TimeoutError
+                reply: Fetched | _Failure = connection.recv()
+            except (OSError, EOFError) as exc:
+                self._stop()
+                what = "did not answer in time" if isinstance(exc, TimeoutError) else "exited"
+                reason = f"the poll worker {what}; a new one serves the next poll"
+                return _Failure(Outcome.INVALID_RESPONSE, reason, None, False, None)
+            return reply
 
     def _start(self) -> Connection:
         ours, theirs = socket.socketpair()
@@ -189,7 +181,7 @@ class WorkerSource:
             )
             self._connection = Connection(os.dup(ours.fileno()))
         self._connection.send(self._config)
-        log.debug("poll worker started", extra={"organization": self._name})
+        log.debug("poll worker started", extra={"pid": self._process.pid})
         return self._connection
 
     def _stop(self) -> None:
@@ -204,41 +196,109 @@ class WorkerSource:
                 self._process.wait()
             self._process = None
 
-    @property
-    def pid(self) -> int | None:
-        """The worker's process id, while it runs."""
-        return self._process.pid if self._process is not None else None
-
     def close(self) -> None:
-        """Stop the worker; a poll in progress fails."""
+        """Stop the process; a request in progress fails."""
         process = self._process
         if process is not None:
-            process.kill()  # ends a poll in progress at once, which frees the lock
+            process.kill()  # ends a request in progress at once, which frees the lock
         with self._lock:
             self._stop()
+
+
+class WorkerPool:
+    """Worker processes shared by every organization's polls: at most `size`, made on demand.
+
+    The most recently used idle worker takes the next request, so polls spread over the
+    interval keep one process busy and the others are never started.
+    """
+
+    def __init__(
+        self, config: WorkerConfig, size: int, *, reply_grace: float = REPLY_GRACE_SECONDS
+    ) -> None:
+        self._workers = [_Worker(config, reply_grace) for _ in range(size)]
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        for worker in reversed(self._workers):
+            self._idle.put(worker)
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the running workers."""
+        return [pid for worker in self._workers if (pid := worker.pid) is not None]
+
+    def fetch(self, organization_id: str | None, key: str, deadline: float) -> Fetched:
+        """Have an idle worker request and parse; its failures come back as `PollError`."""
+        try:
+            worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise PollError(Outcome.TIMEOUT, "timed out: every poll worker was busy") from None
+        try:
+            reply = worker.exchange(_Request(organization_id, key, deadline - time.monotonic()))
+        finally:
+            self._idle.put(worker)
+        if isinstance(reply, _Failure):
+            raise reply.error()
+        return reply
+
+    def close(self) -> None:
+        """Stop every worker; polls in progress fail."""
+        for worker in self._workers:
+            worker.close()
+
+
+class WorkerSource:
+    """One organization's requests, made by a worker of a shared pool."""
+
+    def __init__(
+        self, pool: WorkerPool, organization_id: str | None, key: Callable[[], SecretStr]
+    ) -> None:
+        self._pool = pool
+        self._organization_id = organization_id
+        self._key = key
+
+    def fetch(self, deadline: float) -> Fetched:
+        """Request and parse in a worker process."""
+        return self._pool.fetch(self._organization_id, self._key().get_secret_value(), deadline)
+
+    def close(self) -> None:
+        """Nothing to release: the pool belongs to the caller."""
+
+
+class _CurrentKey:
+    """The key of the request being served: each request brings the exporter's latest."""
+
+    def __init__(self) -> None:
+        self.value = SecretStr("")
+
+    def __call__(self) -> SecretStr:
+        return self.value
 
 
 def _serve(connection: Connection) -> None:
     """Answer requests until the exporter closes the connection."""
     config: WorkerConfig = connection.recv()
-    key = SecretStr("")
+    key = _CurrentKey()
+    sources: dict[str | None, InProcessSource] = {}
     with httpx.Client(
         timeout=config.timeout, headers=dict(config.headers), follow_redirects=False
     ) as http:
-        client = MagnetClient(
-            http,
-            config.api_url,
-            lambda: key,
-            config.organization_id,
-            max_response_bytes=config.max_response_bytes,
-        )
-        source = InProcessSource(client, config.label_names)
         while True:
             try:
                 request: _Request = connection.recv()
             except (EOFError, OSError):  # the exporter is gone or done with us
                 return
-            key = SecretStr(request.key)
+            key.value = SecretStr(request.key)
+            source = sources.get(request.organization_id)
+            if source is None:
+                client = MagnetClient(
+                    http,
+                    config.api_url,
+                    key,
+                    request.organization_id,
+                    max_response_bytes=config.max_response_bytes,
+                )
+                source = sources[request.organization_id] = InProcessSource(
+                    client, config.label_names
+                )
             try:
                 reply: Fetched | _Failure = source.fetch(time.monotonic() + request.seconds_left)
             except PollError as error:
