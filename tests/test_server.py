@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import html
+import http.client
+import socket
 
 import httpx
 from conftest import RunningExporter
@@ -109,3 +111,41 @@ def test_metrics_name_filter(exporter: RunningExporter) -> None:
     )
     names = {family.name for family in text_string_to_metric_families(response.text)}
     assert names == {"magnet_sessions", "process_cpu_seconds"}
+
+
+def open_connection(exporter: RunningExporter) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", exporter.server.port, timeout=5)
+
+
+def test_scrapers_keep_their_connection_between_requests(exporter: RunningExporter) -> None:
+    exporter.poll()
+    connection = open_connection(exporter)
+    try:
+        answers = []
+        sockets = set()
+        for path in ("/metrics", "/-/healthy", "/no-such-page", "/metrics"):
+            connection.request("GET", path, headers={"Accept-Encoding": "gzip"})
+            response = connection.getresponse()
+            answers.append((response.status, response.version, len(response.read())))
+            sockets.add(id(connection.sock))  # http.client reconnects if the server closed
+        assert [status for status, _, _ in answers] == [200, 200, 404, 200]
+        assert {version for _, version, _ in answers} == {11}
+        assert len(sockets) == 1
+    finally:
+        connection.close()
+
+
+def test_a_request_with_a_body_or_in_http_1_0_closes_its_connection(
+    exporter: RunningExporter,
+) -> None:
+    for request in (
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /",
+        b"GET /-/healthy HTTP/1.0\r\n\r\n",
+        b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", exporter.server.port), timeout=5) as raw:
+            raw.sendall(request)
+            received = b""
+            while chunk := raw.recv(65536):  # ends only when the server closes
+                received += chunk
+        assert received.count(b"HTTP/1.1 ") == 1, received  # the body was not taken as a request

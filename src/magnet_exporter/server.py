@@ -13,8 +13,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import IO, TYPE_CHECKING, cast
+from wsgiref.headers import Headers
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
 
@@ -35,6 +36,10 @@ UNGUARDED_PATH = "/-/healthy"
 
 REALM = "magnet-exporter"
 TLS_HANDSHAKE_TIMEOUT_SECONDS = 10.0
+IDLE_CONNECTION_SECONDS = 120.0
+"""How long a kept-alive connection may wait for its next request: past the longest usual
+scrape interval, so that Prometheus reuses its connection, yet no thread waits forever."""
+MAX_REQUEST_LINE = 65536
 
 
 class ExporterApp:
@@ -161,8 +166,63 @@ def _guarded(app: WSGIApplication, config: WebConfig) -> WSGIApplication:
     return _Guard(app, auth, config.headers)
 
 
+class _KeepAliveServerHandler(ServerHandler):
+    """Answers in HTTP/1.1, so that a scraper may send its next request on the same connection."""
+
+    http_version = "1.1"
+    headers: Headers | None  # set by wsgiref while an answer is made; typeshed leaves it out
+    request_handler: WSGIRequestHandler
+
+    def cleanup_headers(self) -> None:
+        """Close the connection after an answer whose end only the close would tell."""
+        super().cleanup_headers()
+        if self.headers is not None and "Content-Length" not in self.headers:
+            self.headers["Connection"] = "close"
+            self.request_handler.close_connection = True
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """Request lines go to the debug log instead of stderr."""
+    """Keeps connections alive between requests; request lines go to the debug log."""
+
+    protocol_version = "HTTP/1.1"  # parse_request keeps HTTP/1.1 connections open
+    timeout = IDLE_CONNECTION_SECONDS
+    # wsgiref writes the status line, the headers and the body apart. Buffered, they leave in
+    # one write; and with Nagle's algorithm off, the last segment of an answer goes at once
+    # instead of waiting up to 40 ms for the delayed ACK of a kept-alive client.
+    wbufsize = -1
+
+    def setup(self) -> None:
+        """Send small segments at once, as every HTTP server with keep-alive must."""
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle(self) -> None:
+        """Answer requests on one connection until it closes, asks to, or stays idle too long."""
+        try:
+            self._handle_one()
+            while not self.close_connection:
+                self._handle_one()
+        except (TimeoutError, ConnectionError):
+            pass  # an idle or vanished client: nothing to answer
+
+    def _handle_one(self) -> None:
+        # wsgiref's own handle(), which serves one request and leaves the connection to close.
+        self.close_connection = True
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # an empty line (the client closed) or an error sent
+            return
+        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # a body no route reads must not pass for a request
+        output = cast("IO[bytes]", self.wfile)  # a socket writer, which is what wsgiref uses
+        handler = _KeepAliveServerHandler(
+            self.rfile, output, self.get_stderr(), self.get_environ(), multithread=False
+        )
+        handler.request_handler = self
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug(format % args)
