@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from magnet_exporter import __version__
 from magnet_exporter.client import Outcome
-from magnet_exporter.collector import DataCollector, MagnetCollector, StatusCollector
+from magnet_exporter.collector import DataCollector, StatusCollector
 from magnet_exporter.model import SessionGroup, Snapshot
 from magnet_exporter.poller import PollState
 
@@ -119,13 +119,6 @@ def test_status_and_data_are_split() -> None:
     data = parse(DataCollector(lambda: {"acme": state}, ("status", "model"), 180, clock))
     assert set(status) == STATUS_FAMILIES
     assert set(data) == set(render(state, clock)) - STATUS_FAMILIES
-
-
-def test_magnet_collector_renders_both() -> None:
-    clock = FakeClock()
-    state = PollState(True, SNAPSHOT, clock.now - 10, clock.now - 10, Outcome.SUCCESS)
-    both = MagnetCollector(lambda: {"acme": state}, ("status", "model"), 180, clock)
-    assert parse(both) == render(state, clock)
 
 
 def test_the_status_families_are_described_for_the_registry() -> None:

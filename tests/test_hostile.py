@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from magnet_exporter.client import Outcome, PollError
-from magnet_exporter.collector import MagnetCollector
+from magnet_exporter.collector import DataCollector, StatusCollector
 from magnet_exporter.demo import DEFAULT_ORGANIZATION, DemoApiServer, Fault, SimulatedMagnet
 from magnet_exporter.model import SESSION_LABELS, Snapshot, parse_snapshot
 from magnet_exporter.poller import PollState
@@ -255,8 +255,9 @@ def exposition(snapshots: Mapping[str, Snapshot], label_names: tuple[str, ...]) 
         stable, _ = SessionSeries(label_names, max_label_values=10_000).stabilize(snapshot)
         states[organization] = PollState(up=True, snapshot=stable, last_success=FIXED_NOW)
     registry = CollectorRegistry()
+    registry.register(StatusCollector(lambda: states))
     registry.register(
-        MagnetCollector(lambda: states, label_names, stale_after=60, clock=lambda: FIXED_NOW)
+        DataCollector(lambda: states, label_names, stale_after=60, clock=lambda: FIXED_NOW)
     )
     return generate_latest(registry).decode()
 

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from magnet_exporter.client import MagnetClient
-from magnet_exporter.collector import MagnetCollector
+from magnet_exporter.collector import DataCollector, StatusCollector
 from magnet_exporter.demo import DemoApiServer, FaultRates, SimulatedMagnet
 from magnet_exporter.keys import StaticKey
 from magnet_exporter.poller import MAX_RETRY_AFTER_SECONDS, Poller, PollMetrics, RetryPolicy
@@ -134,7 +134,8 @@ class Soak:
             rng=random.Random(3),
         )
         states = lambda: {"acme": self.poller.state}  # noqa: E731
-        self.registry.register(MagnetCollector(states, LABELS, 1e9, clock))
+        self.registry.register(StatusCollector(states))
+        self.registry.register(DataCollector(states, LABELS, 1e9, clock))
         self.outcomes: list[str] = []
 
     def poll(self) -> None:

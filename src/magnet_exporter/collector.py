@@ -116,27 +116,6 @@ class DataCollector(Collector):
         yield from (family for family in data.families() if family.samples)
 
 
-class MagnetCollector(Collector):
-    """Status and data of every organization in one collector, for rendering all at once."""
-
-    def __init__(
-        self, states: States, label_names: tuple[str, ...], stale_after: float, clock: Clock
-    ) -> None:
-        self._parts = (
-            StatusCollector(states),
-            DataCollector(states, label_names, stale_after, clock),
-        )
-
-    def describe(self) -> Iterable[Metric]:
-        """Nothing: the data families depend on the data, so the registry must not pre-collect."""
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        """Yield the status families, then the data families."""
-        for part in self._parts:
-            yield from part.collect()
-
-
 def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=["organization", *labels])
 
