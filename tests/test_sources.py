@@ -48,7 +48,6 @@ def config(url: str, max_bytes: int = 2**20) -> WorkerConfig:
         label_names=LABELS,
         timeout=5.0,
         max_response_bytes=max_bytes,
-        headers=(("User-Agent", USER_AGENT),),
     )
 
 

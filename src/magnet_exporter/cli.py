@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from magnet_exporter import __version__
-from magnet_exporter.client import MagnetClient
+from magnet_exporter.client import MagnetClient, api_http_client
 from magnet_exporter.collector import DataCollector, StatusCollector
 from magnet_exporter.demo import (
     FAULT_KINDS,
@@ -55,7 +55,6 @@ log = logging.getLogger("magnet_exporter")
 
 EXIT_CHECK_FAILED = 1
 EXIT_CONFIG_ERROR = 2
-USER_AGENT = f"magnet-exporter/{__version__}"
 DEMO_API_ADDRESS = "127.0.0.1:9878"
 
 _OPTIONS: Sequence[tuple[str, type, str, str]] = (
@@ -176,10 +175,9 @@ class Exporter:
         targets = settings.targets()
         via = http if http is not None else _worker_pool(settings, len(targets))
         self._pool = via if isinstance(via, WorkerPool) else None
-        self._sources = {target.name: _source(settings, target, via) for target in targets}
         for target in targets:
             self.pollers[target.name] = Poller(
-                self._sources[target.name],
+                _source(settings, target, via),
                 SessionSeries(settings.session_labels, settings.max_label_values),
                 metrics,
                 target.name,
@@ -193,11 +191,6 @@ class Exporter:
     def states(self) -> dict[str, PollState]:
         """Return the current state of every organization."""
         return {name: poller.state for name, poller in self.pollers.items()}
-
-    @property
-    def worker_pids(self) -> list[int]:
-        """The process ids of the running poll workers."""
-        return self._pool.pids if self._pool is not None else []
 
     def close(self) -> None:
         """Stop the poll workers, if any."""
@@ -224,7 +217,6 @@ def _worker_pool(settings: Settings, organizations: int) -> WorkerPool:
         label_names=settings.session_labels,
         timeout=settings.request_timeout_seconds,
         max_response_bytes=settings.max_response_bytes,
-        headers=(("User-Agent", USER_AGENT),),
     )
     return WorkerPool(config, min(organizations, MAX_WORKERS))
 
@@ -237,12 +229,8 @@ def exporter_registry() -> CollectorRegistry:
 
 
 def http_client(settings: Settings) -> httpx.Client:
-    """Build the API's HTTP client: timeout, user agent, no redirects (they would carry the key)."""
-    return httpx.Client(
-        timeout=settings.request_timeout_seconds,
-        headers={"User-Agent": USER_AGENT},
-        follow_redirects=False,
-    )
+    """Build the API's HTTP client as the settings say."""
+    return api_http_client(settings.request_timeout_seconds)
 
 
 def check(settings: Settings) -> int:

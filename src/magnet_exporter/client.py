@@ -14,7 +14,10 @@ from email.utils import parsedate_to_datetime
 import httpx
 from pydantic import SecretStr
 
+from magnet_exporter import __version__
+
 SESSIONS_PATH = "/api/sessions"
+USER_AGENT = f"magnet-exporter/{__version__}"
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20
 
 # The hint tells the operator what to do; it names the setting, never its value.
@@ -145,6 +148,11 @@ def _too_large(status_code: int, limit: int) -> PollError:
         f"response body larger than {limit} bytes, abandoned; raise MAGNET_MAX_RESPONSE_BYTES",
         status_code,
     )
+
+
+def api_http_client(timeout: float) -> httpx.Client:
+    """Build the API's HTTP client: timeout, user agent, no redirects (they would carry the key)."""
+    return httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}, follow_redirects=False)
 
 
 class MagnetClient:

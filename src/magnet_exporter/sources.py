@@ -23,10 +23,9 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Protocol
 
-import httpx
 from pydantic import SecretStr
 
-from magnet_exporter.client import MagnetClient, Outcome, PollError
+from magnet_exporter.client import MagnetClient, Outcome, PollError, api_http_client
 from magnet_exporter.model import Snapshot, SnapshotParser
 
 log = logging.getLogger("magnet_exporter.sources")
@@ -60,10 +59,6 @@ class SnapshotSource(Protocol):
         """Return the parsed answer, or raise `PollError`; give up at `deadline` (monotonic)."""
         ...
 
-    def close(self) -> None:
-        """Release what the source holds."""
-        ...
-
 
 class InProcessSource:
     """Requests and parses in the calling thread."""
@@ -85,9 +80,6 @@ class InProcessSource:
             reason = f"invalid response: {exc!r}"[:300]
             raise PollError(Outcome.INVALID_RESPONSE, reason, answer.status_code) from None
 
-    def close(self) -> None:
-        """Nothing to release: the HTTP client belongs to the caller."""
-
 
 @dataclasses.dataclass(frozen=True)
 class WorkerConfig:
@@ -97,7 +89,6 @@ class WorkerConfig:
     label_names: tuple[str, ...]
     timeout: float
     max_response_bytes: int
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,9 +250,6 @@ class WorkerSource:
         """Request and parse in a worker process."""
         return self._pool.fetch(self._organization_id, self._key().get_secret_value(), deadline)
 
-    def close(self) -> None:
-        """Nothing to release: the pool belongs to the caller."""
-
 
 class _CurrentKey:
     """The key of the request being served: each request brings the exporter's latest."""
@@ -278,9 +266,7 @@ def _serve(connection: Connection) -> None:
     config: WorkerConfig = connection.recv()
     key = _CurrentKey()
     sources: dict[str | None, InProcessSource] = {}
-    with httpx.Client(
-        timeout=config.timeout, headers=dict(config.headers), follow_redirects=False
-    ) as http:
+    with api_http_client(config.timeout) as http:
         while True:
             try:
                 request: _Request = connection.recv()
