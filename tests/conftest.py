@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from prometheus_client.samples import Sample
 
 from magnet_exporter.cli import Exporter, exporter_registry, http_client
 from magnet_exporter.demo import DemoApiServer, SimulatedMagnet
-from magnet_exporter.poller import PollState
+from magnet_exporter.poller import Poller, PollState
 from magnet_exporter.server import HttpServer
 from magnet_exporter.settings import Settings
 
@@ -83,6 +84,21 @@ def background_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def run_poller_until(poller: Poller, done: Callable[[], bool], timeout: float) -> None:
+    """Run the poller's loop in a thread until `done()` or `timeout`; the loop must then stop."""
+    stop = threading.Event()
+    loop = threading.Thread(target=poller.run, args=(stop,))
+    loop.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        loop.join(timeout=2)
+    assert not loop.is_alive()
 
 
 @pytest.fixture

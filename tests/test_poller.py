@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, FakeClock
+from conftest import SECRET_KEY, FakeClock, run_poller_until
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -135,17 +133,7 @@ def test_loop_polls_at_once_then_every_interval_and_stops(
     http: httpx.Client, simulator: DemoApiServer, registry: CollectorRegistry
 ) -> None:
     poller = make_poller(http, simulator, registry, interval=0.2)
-    stop = threading.Event()
-    loop = threading.Thread(target=poller.run, args=(stop,))
-    loop.start()
-    try:
-        deadline = time.monotonic() + 5
-        while simulator.requests < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        stop.set()
-        loop.join(timeout=2)
-    assert not loop.is_alive()
+    run_poller_until(poller, lambda: simulator.requests >= 3, timeout=5)
     assert simulator.requests >= 3
     assert polls(registry, "success") == simulator.requests
     assert requests(registry, "200") == simulator.requests
@@ -161,18 +149,8 @@ def test_a_poll_that_crashes_does_not_end_the_loop(
         raise RuntimeError("a bug")
 
     poller = make_poller(http, simulator, registry, interval=0.05, key=broken_key)
-    stop = threading.Event()
-    loop = threading.Thread(target=poller.run, args=(stop,))
     with caplog.at_level(logging.ERROR):
-        loop.start()
-        try:
-            deadline = time.monotonic() + 5
-            while len(caplog.records) < 3 and time.monotonic() < deadline:
-                time.sleep(0.02)
-        finally:
-            stop.set()
-            loop.join(timeout=2)
-    assert not loop.is_alive()
+        run_poller_until(poller, lambda: len(caplog.records) >= 3, timeout=5)
     assert len(caplog.records) >= 3  # it went on polling after the first crash
     assert {record.getMessage() for record in caplog.records} == {"poll crashed; polling goes on"}
     assert all(record.exc_info for record in caplog.records)

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, FakeClock, exporter_env, free_port, wait_for_status
+from conftest import (
+    SECRET_KEY,
+    FakeClock,
+    exporter_env,
+    free_port,
+    run_poller_until,
+    wait_for_status,
+)
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -270,17 +277,7 @@ def test_no_request_during_retry_after_then_polling_resumes(
 ) -> None:
     simulator.push(Fault(status=429, headers=retry_after(2)))
     poller = make(interval=0.05, clock=time.time)
-    stop = threading.Event()
-    loop = threading.Thread(target=poller.run, args=(stop,))
-    loop.start()
-    try:
-        deadline = time.monotonic() + 6
-        while simulator.requests < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        stop.set()
-        loop.join(timeout=2)
-    assert not loop.is_alive()
+    run_poller_until(poller, lambda: simulator.requests >= 2, timeout=6)
     first, second, *_ = simulator.served
     assert first.kind == "fault"
     assert second.kind == "ok"
