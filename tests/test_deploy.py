@@ -7,7 +7,8 @@ installed entrypoint serving /metrics and the HEALTHCHECK command run against it
 that the compose file and the Dockerfile copy or mount exist and are in the build context;
 the compose file as Docker Compose itself resolves it (when its binary is installed); the
 Kubernetes manifests' structure, their agreement with the image and the Prometheus job, and
-the PrometheusRule being identical to prometheus/alerts.yml; the README's deploy commands.
+the PrometheusRule being identical to prometheus/alerts.yml; the deploy commands of
+docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ ENV_EXAMPLE = REPO_ROOT / ".env.example"
 PROMETHEUS_CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
 ALERTS = REPO_ROOT / "prometheus" / "alerts.yml"
 KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
-README = REPO_ROOT / "README.md"
+DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
 
 JOB_NAME = "magnet"
 EXPORTER_PORT = 9877
@@ -739,7 +740,7 @@ def resolved_services(project: Path, *args: str) -> dict[str, Any]:
 
 
 def test_compose_resolves_demo_and_real_modes(tmp_path: Path) -> None:
-    """What Docker Compose itself starts for the README's commands."""
+    """What Docker Compose itself starts for the commands of docs/deployment.md."""
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(COMPOSE_FILE, project / "docker-compose.yml")
@@ -887,19 +888,12 @@ def test_core_manifests_match_the_kubernetes_schemas() -> None:
         validator.validate(one(kind), "1.30.0", strict=True)
 
 
-# ------------------------------------------------------------------------------ README
+# ------------------------------------------------------------------ docs/deployment.md
 
 
-def deploy_section() -> str:
-    text = README.read_text()
-    match = re.search(r"^## Deploy\s*$(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
-    assert match, "README.md has no '## Deploy' section"
-    return match.group(1)
-
-
-def test_readme_deploy_commands_ports_and_job_match_the_files() -> None:
-    section = deploy_section()
-    commands = "\n".join(re.findall(r"```(?:\w+)?\n(.*?)```", section, re.DOTALL))
+def test_deployment_doc_commands_ports_and_job_match_the_files() -> None:
+    text = DEPLOYMENT_DOC.read_text()
+    commands = "\n".join(re.findall(r"```(?:\w+)?\n(.*?)```", text, re.DOTALL))
     for command in (
         "docker compose --profile demo up",
         "cp .env.example .env",
@@ -907,16 +901,20 @@ def test_readme_deploy_commands_ports_and_job_match_the_files() -> None:
         "docker build",
         "kubectl apply -k deploy/kubernetes",
     ):
-        assert command in commands, f"the Deploy section does not show `{command}`"
+        assert command in commands, f"docs/deployment.md does not show `{command}`"
     for profile in re.findall(r"--profile\s+(\S+)", commands):
         assert any(profile in s.get("profiles", []) for s in compose()["services"].values()), (
-            f"the README uses profile {profile}, which docker-compose.yml does not define"
+            f"docs/deployment.md uses profile {profile}, which docker-compose.yml does not define"
         )
     for path in re.findall(r"(?:deploy/\S+|prometheus/\S+|grafana/\S+|\.env\.example)", commands):
-        assert (REPO_ROOT / path.rstrip("/")).exists(), f"the README names {path}, which is missing"
+        assert (REPO_ROOT / path.rstrip("/")).exists(), (
+            f"docs/deployment.md names {path}, which is missing"
+        )
 
     for name, service in compose()["services"].items():
         for host_port, _ in published_ports(service):
-            assert f"localhost:{host_port}" in section, f"the README does not give {name}'s port"
-    assert f'job="{JOB_NAME}"' in section
-    assert str(EXPORTER_PORT) in section
+            assert f"localhost:{host_port}" in text, (
+                f"docs/deployment.md does not give {name}'s port"
+            )
+    assert f'job="{JOB_NAME}"' in text
+    assert str(EXPORTER_PORT) in text
