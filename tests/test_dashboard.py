@@ -1,7 +1,8 @@
 """The Grafana dashboard and its provisioning: structure, query hygiene, served metric names.
 
-The helpers here (dashboard loading, PromQL metric-name extraction, the names that the
-exporter serves) are shared with test_alerts.py and test_prometheus_e2e.py.
+The helpers here (dashboard loading, PromQL metric-name extraction, the series that the
+exporter serves, sections of docs/dashboard-and-alerts.md) are shared with test_alerts.py
+and test_prometheus_e2e.py.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_PATH = REPO_ROOT / "grafana" / "magnet-exporter.json"
 PROVISIONING = REPO_ROOT / "grafana" / "provisioning"
+DOCS = REPO_ROOT / "docs" / "dashboard-and-alerts.md"
+DOCS_URL = (
+    "https://github.com/magnet-exporter/magnet-exporter/blob/main/docs/dashboard-and-alerts.md"
+)
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 ORGANIZATION_MATCHER = 'organization=~"$organization"'
@@ -50,6 +56,14 @@ CONTRACT_SERIES = {
     "magnet_exporter_last_success_timestamp_seconds",
     "magnet_exporter_poll_duration_seconds_bucket",
     "magnet_exporter_polls_total",
+    "magnet_sessions_created_past_day",
+    "magnet_sessions_created_past_week",
+    "magnet_session_duration_seconds_bucket",
+    "magnet_active_session_idle_seconds_bucket",
+    "magnet_active_session_idle_seconds_gcount",
+    "magnet_active_session_oldest_created_timestamp_seconds",
+    "magnet_session_authors_past_day",
+    "magnet_session_authors_past_week",
 }
 
 
@@ -149,15 +163,46 @@ def metric_selectors(expr: str) -> list[tuple[str, str]]:
     return selectors
 
 
-def served_series_names(base_url: str) -> set[str]:
-    """The names of every series on the exporter's /metrics (histograms: _bucket etc.)."""
+def served_samples(base_url: str) -> list[Sample]:
+    """Every sample on the exporter's /metrics (histograms: _bucket etc.), text format."""
     response = httpx.get(f"{base_url}/metrics", timeout=5)
     response.raise_for_status()
-    return {
-        sample.name
+    return [
+        sample
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
+    ]
+
+
+def unserved_le_matchers(expr: str, samples: list[Sample]) -> set[tuple[str, str]]:
+    """(metric, le) of the `le="..."` matchers in `expr` that match no served sample.
+
+    A bucket selected as le="3600" finds nothing when the exporter writes le="3600.0".
+    """
+    served = {(sample.name, sample.labels.get("le")) for sample in samples}
+    wanted = {
+        (name, le)
+        for name, matchers in metric_selectors(expr)
+        for le in re.findall(r'\ble="([^"]*)"', matchers)
     }
+    return wanted - served
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    slug = heading.strip().lower()
+    slug = re.sub(r"[^\w\- ]", "", slug)
+    return slug.replace(" ", "-")
+
+
+def markdown_section(path: Path, title: str) -> str:
+    """The text under the heading `## title` of a Markdown file, up to the next `## `."""
+    text = path.read_text()
+    section = re.search(
+        rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.MULTILINE | re.DOTALL
+    )
+    assert section, f"{path.name} has no section ## {title}"
+    return section.group(1)
 
 
 @pytest.mark.parametrize(
@@ -182,6 +227,21 @@ def test_promql_metric_names_finds_every_selector_and_nothing_else(
     expr: str, names: set[str]
 ) -> None:
     assert promql_metric_names(expr) == names
+
+
+def test_unserved_le_matchers_compares_le_values_as_written() -> None:
+    samples = [
+        Sample("idle_bucket", {"le": "3600.0", "model": "m"}, 1.0),
+        Sample("idle_bucket", {"le": "+Inf", "model": "m"}, 2.0),
+    ]
+    expr = 'sum(idle_gcount) - sum(idle_bucket{le="3600.0"}) + sum(idle_bucket{le="+Inf"})'
+    assert unserved_le_matchers(expr, samples) == set()
+    assert unserved_le_matchers('idle_bucket{model="m", le="3600"}', samples) == {
+        ("idle_bucket", "3600")
+    }
+    assert unserved_le_matchers('other_bucket{le="3600.0"}', samples) == {
+        ("other_bucket", "3600.0")
+    }
 
 
 def test_promql_metric_names_refuses_selectors_by_name_label() -> None:
@@ -284,7 +344,7 @@ def test_rows_hold_the_panels_the_issue_asks_for() -> None:
         else:
             assert current is not None, f"{panel['title']} is above the first row"
             rows[current].append(panel)
-    assert list(rows) == ["Activity", "Sessions", "Exporter health"]
+    assert list(rows) == ["Activity", "Sessions", "Agent outcomes", "Exporter health"]
 
     def kinds(row: str) -> dict[str, str]:
         return {panel["title"]: panel["type"] for panel in rows[row]}
@@ -306,6 +366,22 @@ def test_rows_hold_the_panels_the_issue_asks_for() -> None:
         "Time since the newest session was created",
         "Time since a session was last updated",
     } <= set(sessions)
+    outcomes = {panel["title"]: panel for panel in rows["Agent outcomes"]}
+    assert {title: panel["type"] for title, panel in outcomes.items()} == {
+        "Sessions started in the past day by status": "timeseries",
+        "Merge ratio by model, sessions started in the past week": "timeseries",
+        "Session duration p50 and p90 by model": "timeseries",
+        "Active sessions idle for more than 1 hour": "stat",
+        "Age of the oldest active session": "stat",
+        "Authors: past day over past week": "stat",
+    }
+    started = outcomes["Sessions started in the past day by status"]
+    assert started["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    units = {title: panel["fieldConfig"]["defaults"]["unit"] for title, panel in outcomes.items()}
+    assert units["Merge ratio by model, sessions started in the past week"] == "percentunit"
+    assert units["Session duration p50 and p90 by model"] == "s"
+    assert units["Age of the oldest active session"] == "s"
+    assert units["Authors: past day over past week"] == "percentunit"
     assert {"Magnet API", "Data age", "Poll duration", "Poll outcomes"} <= set(
         kinds("Exporter health")
     )
@@ -325,12 +401,48 @@ def test_failure_ratio_and_poll_quantiles_are_the_documented_formulas() -> None:
     ratio = queries[("Failure ratio", "A")]
     assert re.search(r'status="failed"\}\)\s*/\s*sum by \(organization\)', ratio)
     assert 'status=~"completed|failed"' in ratio
+    # The same sessions as the alert MagnetSessionFailureRatioHigh: started in the past week.
+    assert promql_metric_names(ratio) == {"magnet_sessions_created_past_week"}
     quantiles = []
     for ref_id in ("A", "B", "C"):
         match = re.match(r"histogram_quantile\(([0-9.]+),", queries[("Poll duration", ref_id)])
         assert match, ref_id
         quantiles.append(float(match.group(1)))
     assert quantiles == [0.5, 0.9, 0.99]
+
+
+def test_agent_outcome_panels_are_the_documented_formulas() -> None:
+    queries = {(q.panel, q.ref_id): q.expr for q in dashboard_queries(load_dashboard())}
+    o = ORGANIZATION_MATCHER
+    assert queries[("Sessions started in the past day by status", "A")] == (
+        f"sum by (status) (magnet_sessions_created_past_day{{{o}}})"
+    )
+    assert queries[("Merge ratio by model, sessions started in the past week", "A")] == (
+        f'sum by (model) (magnet_sessions_created_past_week{{{o}, pr_status="merged"}})'
+        " / sum by (model) "
+        f'(magnet_sessions_created_past_week{{{o}, pr_status=~"merged|closed"}})'
+    )
+    # A gauge histogram is a snapshot: quantiles straight from the buckets, no rate.
+    for ref_id, quantile in (("A", "0.5"), ("B", "0.9")):
+        assert queries[("Session duration p50 and p90 by model", ref_id)] == (
+            f"histogram_quantile({quantile}, sum by (le, model) "
+            f"(magnet_session_duration_seconds_bucket{{{o}}}))"
+        )
+    # The same count as the alert MagnetSessionStuck, with le as the exporter writes it.
+    assert queries[("Active sessions idle for more than 1 hour", "A")] == (
+        f"sum by (organization) (magnet_active_session_idle_seconds_gcount{{{o}}})"
+        " - sum by (organization) "
+        f'(magnet_active_session_idle_seconds_bucket{{{o}, le="3600.0"}})'
+    )
+    assert queries[("Age of the oldest active session", "A")] == (
+        "time() - min by (organization) "
+        f"(magnet_active_session_oldest_created_timestamp_seconds{{{o}}})"
+    )
+    day = f"max by (organization) (magnet_session_authors_past_day{{{o}}})"
+    week = f"max by (organization) (magnet_session_authors_past_week{{{o}}})"
+    assert queries[("Authors: past day over past week", "A")] == f"{day} / {week}"
+    assert queries[("Authors: past day over past week", "B")] == day
+    assert queries[("Authors: past day over past week", "C")] == week
 
 
 def test_every_query_filters_every_selector_on_the_organization_variable() -> None:
@@ -363,6 +475,15 @@ def test_dashboard_charts_every_metric_of_the_contract() -> None:
     assert not CONTRACT_SERIES - used, f"not charted: {sorted(CONTRACT_SERIES - used)}"
 
 
+def test_the_docs_describe_every_panel_and_the_dashboard_links_to_them() -> None:
+    text = DOCS.read_text()
+    dashboard = load_dashboard()
+    for panel in all_panels(dashboard):
+        assert panel["title"] in text, f"{DOCS.name} does not name the panel {panel['title']!r}"
+    assert [link["url"] for link in dashboard["links"]] == [DOCS_URL]
+    assert markdown_section(DOCS, "Dashboard").strip()
+
+
 def test_datasource_provisioning_points_at_prometheus_from_the_environment() -> None:
     config = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
     assert config["apiVersion"] == 1
@@ -384,8 +505,11 @@ def test_dashboard_provisioning_is_a_file_provider() -> None:
 
 
 def test_every_metric_in_the_dashboard_is_served_by_the_exporter(demo_exporter: str) -> None:
-    served = served_series_names(demo_exporter)
+    samples = served_samples(demo_exporter)
+    served = {sample.name for sample in samples}
     assert "magnet_up" in served, "the exporter's /metrics looks wrong"
     for query in dashboard_queries(load_dashboard()):
         unknown = promql_metric_names(query.expr) - served
         assert not unknown, f"{query} uses metrics that the exporter does not serve: {unknown}"
+        missing = unserved_le_matchers(query.expr, samples)
+        assert not missing, f"{query} selects buckets that are not served: {missing}"
