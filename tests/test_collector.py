@@ -8,23 +8,33 @@ from types import MappingProxyType
 from conftest import FIXED_NOW, FakeClock
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from magnet_exporter import __version__
 from magnet_exporter.client import Outcome
 from magnet_exporter.collector import DataCollector, StatusCollector
-from magnet_exporter.model import SessionGroup, Snapshot
+from magnet_exporter.model import GaugeHistogram, SessionGroup, Snapshot
 from magnet_exporter.poller import PollState
 
 SNAPSHOT = Snapshot(
     stats=MappingProxyType({"mergesPastWeek": 8.0, "humansPromptingNow": 1.0}),
     label_names=("status", "model"),
     sessions=MappingProxyType(
-        {("active", "m1"): SessionGroup(2, 30), ("failed", "m2"): SessionGroup(0, 0)}
+        {("active", "m1"): SessionGroup(2, 30, 1, 2), ("failed", "m2"): SessionGroup(0, 0)}
     ),
     last_created=1_700_000_000.0,
     last_updated=None,
+    durations=MappingProxyType(
+        # One session of 30 s, one of exactly an hour, one of two days.
+        {("failed", "m2"): GaugeHistogram((1, 0, 0, 0, 1, 0, 0, 0, 0, 1), 30 + 3600 + 172_800)}
+    ),
+    idle=MappingProxyType({("m1",): GaugeHistogram((1, 0, 0, 0, 0, 0, 1, 0, 0), 4_000.5)}),
+    oldest_active_created=1_699_990_000.0,
+    authors_past_day=2,
+    authors_past_week=5,
 )
 
 
@@ -66,6 +76,19 @@ def test_fresh_state_renders_every_family() -> None:
         "magnet_sessions",
         "magnet_session_messages",
         "magnet_session_last_created_timestamp_seconds",
+        "magnet_sessions_created_past_day",
+        "magnet_sessions_created_past_week",
+        "magnet_session_duration_seconds",
+        "magnet_active_session_idle_seconds",
+        "magnet_active_session_oldest_created_timestamp_seconds",
+        "magnet_session_authors_past_day",
+        "magnet_session_authors_past_week",
+        # In the text format, prometheus-client writes a gauge histogram's count and sum as
+        # gauges of their own.
+        "magnet_session_duration_seconds_gcount",
+        "magnet_session_duration_seconds_gsum",
+        "magnet_active_session_idle_seconds_gcount",
+        "magnet_active_session_idle_seconds_gsum",
     }
     sessions = {
         (s.labels["organization"], s.labels["status"], s.labels["model"]): s.value
@@ -75,6 +98,60 @@ def test_fresh_state_renders_every_family() -> None:
     (build,) = families["magnet_exporter_build_info"].samples
     assert build.labels == {"organization": "acme", "version": __version__}
     assert build.value == 1
+
+
+def test_gauge_histograms_render_cumulative_buckets_count_and_sum() -> None:
+    clock = FakeClock()
+    state = PollState(True, SNAPSHOT, clock.now, clock.now, Outcome.SUCCESS)
+    registry = CollectorRegistry()
+    registry.register(DataCollector(lambda: {"acme": state}, ("status", "model"), 180, clock))
+    families = {
+        family.name: family
+        for family in openmetrics_parser.text_string_to_metric_families(
+            openmetrics.generate_latest(registry).decode()
+        )
+    }
+    durations = families["magnet_session_duration_seconds"]
+    assert durations.type == "gaugehistogram"
+    buckets = {s.labels["le"]: s.value for s in durations.samples if s.name.endswith("_bucket")}
+    assert buckets == {
+        "60.0": 1,
+        "300.0": 1,
+        "900.0": 1,
+        "1800.0": 1,
+        "3600.0": 2,
+        "7200.0": 2,
+        "14400.0": 2,
+        "28800.0": 2,
+        "86400.0": 2,
+        "+Inf": 3,
+    }
+    values = {s.name: s.value for s in durations.samples if not s.name.endswith("_bucket")}
+    assert values == {
+        "magnet_session_duration_seconds_gcount": 3,
+        "magnet_session_duration_seconds_gsum": 176_430,
+    }
+    assert {s.labels["status"] for s in durations.samples} == {"failed"}
+    idle = families["magnet_active_session_idle_seconds"]
+    assert idle.type == "gaugehistogram"
+    assert {tuple(sorted(s.labels)) for s in idle.samples} == {
+        ("le", "model", "organization"),
+        ("model", "organization"),
+    }
+    idle_buckets = [s.value for s in idle.samples if s.name.endswith("_bucket")]
+    assert idle_buckets == [1, 1, 1, 1, 1, 1, 2, 2, 2]
+    assert families["magnet_session_authors_past_day"].samples[0].value == 2
+    assert families["magnet_session_authors_past_week"].samples[0].value == 5
+    oldest = families["magnet_active_session_oldest_created_timestamp_seconds"]
+    assert oldest.samples[0].value == 1_699_990_000.0
+
+
+def test_oldest_active_is_absent_without_an_active_session() -> None:
+    clock = FakeClock()
+    snapshot = dataclasses.replace(SNAPSHOT, oldest_active_created=None)
+    families = render(PollState(True, snapshot, clock.now, clock.now), clock)
+    assert "magnet_active_session_oldest_created_timestamp_seconds" not in families
+    assert "magnet_active_session_idle_seconds" in families
 
 
 def test_data_help_texts_say_as_of_the_last_poll() -> None:

@@ -15,7 +15,14 @@ import pytest
 from conftest import FIXED_NOW, SECRET_KEY, FakeClock
 
 from magnet_exporter.client import retry_after_seconds
-from magnet_exporter.demo import FAULT_KINDS, DemoApiServer, Fault, FaultRates, SimulatedMagnet
+from magnet_exporter.demo import (
+    FAULT_KINDS,
+    LISTED_SESSIONS,
+    DemoApiServer,
+    Fault,
+    FaultRates,
+    SimulatedMagnet,
+)
 from magnet_exporter.model import parse_snapshot
 
 MOMENTS = [FIXED_NOW + offset for offset in (0, 3.5, 61, 600, 3_600, 86_400, 604_800)]
@@ -49,8 +56,10 @@ def test_every_state_is_present_at_every_moment(seed: int, organization: str) ->
 def test_answers_parse_with_the_exporters_own_parser() -> None:
     magnet = SimulatedMagnet(0, FakeClock())
     body = json.dumps(magnet.sessions_response("acme")).encode()
-    snapshot = parse_snapshot(body, ("status", "pr_status", "model", "repository", "author"))
-    assert sum(group.count for group in snapshot.sessions.values()) == 40
+    snapshot = parse_snapshot(
+        body, ("status", "pr_status", "model", "repository", "author"), magnet.now()
+    )
+    assert sum(group.count for group in snapshot.sessions.values()) == LISTED_SESSIONS
     assert len(snapshot.stats) == 4
 
 

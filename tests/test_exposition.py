@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from magnet_exporter.client import Outcome
 from magnet_exporter.collector import DataCollector, StatusCollector
 from magnet_exporter.exposition import MAX_CACHED_FORMATS, Answer, Exposition
-from magnet_exporter.model import SessionGroup, Snapshot
+from magnet_exporter.model import SessionGroup, Snapshot, checked_fields
 from magnet_exporter.poller import PollMetrics, PollState
 
 LABELS = ("status", "model")
@@ -43,6 +43,10 @@ DATA_FAMILIES = {
     "magnet_sessions",
     "magnet_session_messages",
     "magnet_session_last_created_timestamp_seconds",
+    "magnet_sessions_created_past_day",
+    "magnet_sessions_created_past_week",
+    "magnet_session_authors_past_day",
+    "magnet_session_authors_past_week",
 }
 LIVE_FAMILIES = {
     "magnet_up",
@@ -50,6 +54,7 @@ LIVE_FAMILIES = {
     "magnet_exporter_last_success_timestamp_seconds",
     "magnet_exporter_polls",
     "magnet_exporter_requests",
+    "magnet_exporter_invalid_values",
     "magnet_exporter_poll_duration_seconds",
     "process_cpu_seconds",
     "process_resident_memory_bytes",
@@ -94,7 +99,7 @@ class Scene:
         self.live = CollectorRegistry()
         ProcessCollector(proc=str(proc.root), registry=self.live)
         self.metrics = PollMetrics(self.live)
-        self.metrics.start("acme")
+        self.metrics.start("acme", checked_fields(("status", "model")))
         self.live.register(StatusCollector(self.states))
         self.data = DataCollector(self.states, LABELS, 180, self.clock)
         self.exposition = Exposition(self.live, self.data)

@@ -1,5 +1,7 @@
 """Hostile input: whatever the API answers, parsing gives a snapshot or a classified failure.
 
+A body that is usable as a whole always gives a snapshot: bad values in it are read as missing.
+
 Property-based (hypothesis): arbitrary bytes, arbitrary JSON shapes and near-valid documents
 whose fields hold any JSON value go into `parse_snapshot`; label values with quotes,
 backslashes, newlines, non-ASCII and very long text go all the way to the exposition, which
@@ -128,6 +130,15 @@ def encode(document: object, ascii_only: bool) -> bytes:
     return json.dumps(document, ensure_ascii=ascii_only).encode()
 
 
+def is_json(body: bytes) -> bool:
+    """False for what json.dumps writes for inf and nan (Infinity, NaN): that is not JSON."""
+    try:
+        json.loads(body, parse_constant=lambda constant: 1 / 0)
+    except ZeroDivisionError:
+        return False
+    return True
+
+
 def _valid_body() -> bytes:
     """A real answer of the simulated API, to be cut and spliced."""
     magnet = SimulatedMagnet(seed=3, clock=lambda: FIXED_NOW)
@@ -186,7 +197,7 @@ def hostile_label_documents(draw: st.DrawFn) -> dict[str, Any]:
 def parse_or_classify(body: bytes, label_names: Sequence[str]) -> Snapshot | None:
     """Parse; a refusal must be a PollError with outcome invalid_response, anything else fails."""
     try:
-        snapshot = parse_snapshot(body, label_names)
+        snapshot = parse_snapshot(body, label_names, FIXED_NOW)
     except PollError as error:
         refusal = error
     else:
@@ -279,7 +290,7 @@ def exported_groups(
     return {key: (count, messages[key]) for key, count in sessions.items() if count}
 
 
-# --- parsing: every input gives a snapshot or invalid_response ----------------------------------
+# --- parsing: every input gives a snapshot, or invalid_response when unusable as a whole ----------
 
 
 @HOSTILE
@@ -309,11 +320,17 @@ def test_arbitrary_bytes(body: bytes, label_names: tuple[str, ...]) -> None:
 def test_arbitrary_json_shapes(
     document: object, ascii_only: bool, label_names: tuple[str, ...]
 ) -> None:
-    snapshot = parse_or_classify(encode(document, ascii_only), label_names)
+    body = encode(document, ascii_only)
+    snapshot = parse_or_classify(body, label_names)
+    sessions = document.get("sessions") if isinstance(document, dict) else None
+    # Only a body unusable as a whole is refused; in one that is usable, a bad value in a
+    # session loses that value, and an element that is not an object is skipped.
+    assert (snapshot is not None) == (isinstance(sessions, list) and is_json(body))
     if snapshot is not None:
-        sessions = document.get("sessions") if isinstance(document, dict) else None
         assert isinstance(sessions, list)
-        check_snapshot(snapshot, label_names, sessions=len(sessions))
+        objects = sum(isinstance(session, dict) for session in sessions)
+        check_snapshot(snapshot, label_names, sessions=objects)
+        assert snapshot.invalid.get("sessions", 0) == len(sessions) - objects
 
 
 @HOSTILE
@@ -345,9 +362,14 @@ def test_arbitrary_json_shapes(
 def test_near_valid_documents(
     document: dict[str, Any], ascii_only: bool, label_names: tuple[str, ...]
 ) -> None:
-    snapshot = parse_or_classify(encode(document, ascii_only), label_names)
+    body = encode(document, ascii_only)
+    snapshot = parse_or_classify(body, label_names)
+    if not is_json(body):
+        return
+    assert snapshot is not None, "a body with a sessions array is never refused"
+    objects = sum(isinstance(session, dict) for session in document["sessions"])
+    check_snapshot(snapshot, label_names, sessions=objects)
     if snapshot is not None:
-        check_snapshot(snapshot, label_names, sessions=len(document["sessions"]))
         # A body that parses is served: its snapshot renders, and the exposition parses.
         text = exposition({"acme": snapshot}, label_names)
         families = {family.name for family in text_string_to_metric_families(text)}
@@ -362,7 +384,7 @@ def test_near_valid_documents(
 def test_hostile_label_values_round_trip_through_the_exposition(
     document: dict[str, Any], ascii_only: bool, label_names: tuple[str, ...]
 ) -> None:
-    snapshot = parse_snapshot(encode(document, ascii_only), label_names)
+    snapshot = parse_snapshot(encode(document, ascii_only), label_names, FIXED_NOW)
     text = exposition({"acme": snapshot}, label_names)
     assert exported_groups(text, "acme", label_names) == expected_groups(document, label_names)
 
@@ -379,7 +401,7 @@ def test_the_hostile_label_strategy_reaches_what_it_is_for() -> None:
     }
     document = {"sessions": [session]}
     text = exposition(
-        {"acme": parse_snapshot(encode(document, False), SESSION_LABELS)}, SESSION_LABELS
+        {"acme": parse_snapshot(encode(document, False), SESSION_LABELS, FIXED_NOW)}, SESSION_LABELS
     )
     (key,) = exported_groups(text, "acme", SESSION_LABELS)
     assert key[SESSION_LABELS.index("model")] == value[:128]
@@ -398,7 +420,7 @@ def test_promtool_accepts_hostile_label_values(
 ) -> None:
     # Four documents in one exposition, one organization each: one promtool run per example.
     snapshots = {
-        f"org-{index}": parse_snapshot(encode(document, index % 2 == 0), label_names)
+        f"org-{index}": parse_snapshot(encode(document, index % 2 == 0), label_names, FIXED_NOW)
         for index, document in enumerate(documents)
     }
     text = exposition(snapshots, label_names)

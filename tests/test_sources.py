@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, background_process, exporter_env, free_port
+from conftest import SECRET_KEY, FakeClock, background_process, exporter_env, free_port
 from pydantic import SecretStr
 
 from magnet_exporter import __version__
 from magnet_exporter.client import MagnetClient, Outcome, PollError
-from magnet_exporter.demo import DemoApiServer, Fault
+from magnet_exporter.demo import LISTED_SESSIONS, DemoApiServer, Fault
 from magnet_exporter.keys import StaticKey
 from magnet_exporter.sources import (
     WORKER_NICENESS,
@@ -66,8 +66,8 @@ def pool(simulator: DemoApiServer) -> Iterator[WorkerPool]:
 
 
 @pytest.fixture
-def worker(pool: WorkerPool, key: RotatingKey) -> WorkerSource:
-    return WorkerSource(pool, None, key)
+def worker(pool: WorkerPool, key: RotatingKey, sim_clock: FakeClock) -> WorkerSource:
+    return WorkerSource(pool, None, key, sim_clock)
 
 
 def the_pid(pool: WorkerPool) -> int:
@@ -86,15 +86,19 @@ def failure(source: WorkerSource | InProcessSource) -> PollError:
 
 
 def test_worker_gives_the_same_snapshot_as_this_process(
-    worker: WorkerSource, simulator: DemoApiServer
+    worker: WorkerSource, simulator: DemoApiServer, sim_clock: FakeClock
 ) -> None:
     with httpx.Client() as http:
         client = MagnetClient(http, simulator.url, StaticKey(SecretStr(SECRET_KEY)))
-        here = InProcessSource(client, LABELS).fetch(soon())
+        here = InProcessSource(client, LABELS, sim_clock).fetch(soon())
     there = worker.fetch(soon())
     assert isinstance(there, Fetched)
-    assert there == here  # the simulator's clock stands still: the same answer twice
-    assert sum(group.count for group in there.snapshot.sessions.values()) == 40
+    # The simulator's clock stands still, and the worker parses as of the exporter's clock
+    # (this test's): the same answer twice, windows and idle times included.
+    assert there == here
+    assert sum(group.count for group in there.snapshot.sessions.values()) == LISTED_SESSIONS
+    assert sum(g.created_past_day for g in there.snapshot.sessions.values()) > 0
+    assert there.snapshot.idle
     assert simulator.last_headers["User-Agent"] == USER_AGENT
 
 

@@ -177,7 +177,7 @@ class Exporter:
         self._pool = via if isinstance(via, WorkerPool) else None
         for target in targets:
             self.pollers[target.name] = Poller(
-                _source(settings, target, via),
+                _source(settings, target, via, clock),
                 SessionSeries(settings.session_labels, settings.max_label_values),
                 metrics,
                 target.name,
@@ -198,9 +198,11 @@ class Exporter:
             self._pool.close()
 
 
-def _source(settings: Settings, target: Target, via: httpx.Client | WorkerPool) -> SnapshotSource:
+def _source(
+    settings: Settings, target: Target, via: httpx.Client | WorkerPool, clock: Clock
+) -> SnapshotSource:
     if isinstance(via, WorkerPool):
-        return WorkerSource(via, target.organization_id, target.key)
+        return WorkerSource(via, target.organization_id, target.key, clock)
     client = MagnetClient(
         via,
         settings.api_url,
@@ -208,7 +210,7 @@ def _source(settings: Settings, target: Target, via: httpx.Client | WorkerPool) 
         target.organization_id,
         max_response_bytes=settings.max_response_bytes,
     )
-    return InProcessSource(client, settings.session_labels)
+    return InProcessSource(client, settings.session_labels, clock)
 
 
 def _worker_pool(settings: Settings, organizations: int) -> WorkerPool:

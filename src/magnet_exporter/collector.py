@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from magnet_exporter import __version__
-from magnet_exporter.model import Snapshot
+from magnet_exporter.model import (
+    DURATION_BUCKETS,
+    DURATION_LABELS,
+    IDLE_BUCKETS,
+    IDLE_LABELS,
+    GaugeHistogram,
+    Snapshot,
+)
 from magnet_exporter.poller import Clock, PollState
 
 AS_OF = " As of the last successful poll."
@@ -136,6 +150,39 @@ class _DataFamilies:
             "Messages in the listed sessions (sum of messageCount), by labels." + AS_OF,
             label_names,
         )
+        self._created_day = _gauge(
+            "magnet_sessions_created_past_day",
+            "Listed sessions created in the past 24 hours, by labels." + AS_OF,
+            label_names,
+        )
+        self._created_week = _gauge(
+            "magnet_sessions_created_past_week",
+            "Listed sessions created in the past 7 days, by labels." + AS_OF,
+            label_names,
+        )
+        self._durations = GaugeHistogramMetricFamily(
+            "magnet_session_duration_seconds",
+            "Duration (updatedAt - createdAt) of the completed and failed sessions whose last "
+            "activity is in the past 7 days." + AS_OF,
+            labels=["organization", *(n for n in label_names if n in DURATION_LABELS)],
+        )
+        self._idle = GaugeHistogramMetricFamily(
+            "magnet_active_session_idle_seconds",
+            "Time since the last activity of each active session." + AS_OF,
+            labels=["organization", *(n for n in label_names if n in IDLE_LABELS)],
+        )
+        self._oldest_active = _gauge(
+            "magnet_active_session_oldest_created_timestamp_seconds",
+            "Unix time at which the oldest active session was created." + AS_OF,
+        )
+        self._authors_day = _gauge(
+            "magnet_session_authors_past_day",
+            "Distinct authors of the sessions active in the past 24 hours." + AS_OF,
+        )
+        self._authors_week = _gauge(
+            "magnet_session_authors_past_week",
+            "Distinct authors of the sessions active in the past 7 days." + AS_OF,
+        )
         self._created = _gauge(
             "magnet_session_last_created_timestamp_seconds",
             "Unix time at which the newest session was created." + AS_OF,
@@ -150,14 +197,49 @@ class _DataFamilies:
         for field, value in snapshot.stats.items():  # a missing stat is left out, never made up
             self._stats[field].add_metric([organization], value)
         for key, group in snapshot.sessions.items():
-            self._sessions.add_metric([organization, *key], group.count)
-            self._messages.add_metric([organization, *key], group.messages)
+            labels = [organization, *key]
+            self._sessions.add_metric(labels, group.count)
+            self._messages.add_metric(labels, group.messages)
+            self._created_day.add_metric(labels, group.created_past_day)
+            self._created_week.add_metric(labels, group.created_past_week)
+        for key, histogram in snapshot.durations.items():
+            _add_histogram(self._durations, [organization, *key], histogram, DURATION_BUCKETS)
+        for key, histogram in snapshot.idle.items():
+            _add_histogram(self._idle, [organization, *key], histogram, IDLE_BUCKETS)
+        if snapshot.oldest_active_created is not None:
+            self._oldest_active.add_metric([organization], snapshot.oldest_active_created)
+        self._authors_day.add_metric([organization], snapshot.authors_past_day)
+        self._authors_week.add_metric([organization], snapshot.authors_past_week)
         if snapshot.last_created is not None:
             self._created.add_metric([organization], snapshot.last_created)
         if snapshot.last_updated is not None:
             self._updated.add_metric([organization], snapshot.last_updated)
 
-    def families(self) -> Iterator[GaugeMetricFamily]:
+    def families(self) -> Iterator[Metric]:
         """Every family, empty ones included (the caller drops those)."""
         yield from self._stats.values()
-        yield from (self._sessions, self._messages, self._created, self._updated)
+        yield from (
+            self._sessions,
+            self._messages,
+            self._created_day,
+            self._created_week,
+            self._durations,
+            self._idle,
+            self._oldest_active,
+            self._authors_day,
+            self._authors_week,
+            self._created,
+            self._updated,
+        )
+
+
+def _add_histogram(
+    family: GaugeHistogramMetricFamily,
+    labels: list[str],
+    histogram: GaugeHistogram,
+    bounds: tuple[float, ...],
+) -> None:
+    """Add one gauge histogram: cumulative buckets with `le` as Prometheus writes it (60.0)."""
+    cumulative = itertools.accumulate(histogram.counts)
+    edges = [*map(floatToGoString, bounds), "+Inf"]
+    family.add_metric(labels, list(zip(edges, cumulative, strict=True)), histogram.total)

@@ -34,7 +34,16 @@ from urllib.parse import parse_qs, urlsplit
 log = logging.getLogger("magnet_exporter.demo")
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
-LISTED_SESSIONS = 40
+LISTED_SESSIONS = 150
+"""Sessions listed by default: about 125 of the past two weeks and the newest quick ones."""
+DAY = 86_400.0
+HISTORY_PERIOD = 3 * 3600.0
+HISTORY_SECONDS = 14 * DAY
+STUCK_PERIOD = 2 * 3600.0
+STUCK_WORK = 7 * 3600.0
+"""How long a stuck session stays active before it fails."""
+STUCK_ACTIVITY = 300.0
+"""How long a stuck session shows activity before it stops."""
 DEFAULT_ORGANIZATION = "acme"
 MODELS = ("claude-opus-4-6", "claude-sonnet-4-6", "gpt-5-codex", "gemini-3-pro")
 REPOSITORIES = ("web-app", "api", "mobile", "infra", "docs")
@@ -65,6 +74,8 @@ REPLIES = (
     "Could you confirm whether the old endpoint can be removed, or should it redirect?",
     "The root cause was a cache that was never evicted; the fix bounds it at 10,000 entries.",
 )
+REGULARS = 3
+"""People of an organization who prompt every day; the others (one to three) now and then."""
 PREVIEW_LENGTH = 200
 """Characters of a message preview; longer messages are cut and end with "..."."""
 
@@ -110,7 +121,14 @@ class _Organization:
 
 
 class SimulatedMagnet:
-    """Computes the List Sessions answer for any organization at the clock's current time."""
+    """Computes the List Sessions answer for any organization at the clock's current time.
+
+    Three kinds of sessions are listed: a quick one every ten seconds or so (the newest,
+    which keep the numbers moving), one every few hours over the past two weeks that takes
+    from a minute to more than a day (for the windows and the duration histogram), and one
+    every two hours over the past day that gets stuck: no activity after its first minutes,
+    until it fails seven hours later (for the idle histogram and the stuck-session alert).
+    """
 
     def __init__(
         self,
@@ -120,7 +138,7 @@ class SimulatedMagnet:
     ) -> None:
         self.seed = seed
         self.listed_sessions = listed_sessions
-        """How many of the newest sessions an answer lists."""
+        """How many sessions an answer lists: the older kinds, then the newest quick ones."""
         self._clock = clock
 
     def now(self) -> float:
@@ -131,46 +149,108 @@ class SimulatedMagnet:
         """Answer `GET /api/sessions` for `organization` at the current time, as a JSON document."""
         org = _Organization.of(self.seed, organization)
         now = self._clock()
+        older = [*self._history(org, now), *self._stuck(org, now)]
+        older.sort(key=lambda session: session["createdAt"])
+        older = older[max(0, len(older) - self.listed_sessions) :]
+        quick = self.listed_sessions - len(older)
         newest = int((now - EPOCH) // org.period)
-        listed = self.listed_sessions
-        sessions = (
+        recent = (
             [
                 session
-                for i in range(newest - listed, newest + 1)
+                for i in range(newest - quick, newest + 1)
                 if (session := self._session(org, i, now)) is not None
-            ][-listed:]
-            if listed
+            ][-quick:]
+            if quick > 0
             else []
         )
-        return {"sessions": sessions, "stats": self._stats(org, sessions)}
+        sessions = older + recent
+        return {"sessions": sessions, "stats": self._stats(org, sessions, now)}
+
+    def _history(self, org: _Organization, now: float) -> list[dict[str, Any]]:
+        """Sessions of every length, one every few hours over the past two weeks."""
+        newest = int((now - EPOCH) // HISTORY_PERIOD)
+        first = int((now - HISTORY_SECONDS - EPOCH) // HISTORY_PERIOD)
+        sessions = []
+        for index in range(first, newest + 1):
+            rng = _rng(self.seed, org.name, "history", index)
+            created = EPOCH + index * HISTORY_PERIOD + rng.uniform(0, HISTORY_PERIOD / 2)
+            if not 0 <= now - created <= HISTORY_SECONDS:
+                continue
+            # Log-uniform: as many sessions of a minute as of an hour or of a day.
+            work = math.exp(rng.uniform(math.log(40), math.log(30 * 3600)))
+            review = math.exp(rng.uniform(math.log(60), math.log(2 * 86_400)))
+            # Most sessions are the regulars'; now and then someone who prompts less often.
+            people = org.people[REGULARS:] if rng.random() < 0.2 else org.people[:REGULARS]
+            sessions.append(
+                self._document(org, rng, f"h{index}", index, created, now, work, review, people)
+            )
+        return sessions
+
+    def _stuck(self, org: _Organization, now: float) -> list[dict[str, Any]]:
+        """Sessions with no activity after their first minutes, one every two hours today."""
+        newest = int((now - EPOCH) // STUCK_PERIOD)
+        sessions = []
+        for index in range(newest - int(DAY // STUCK_PERIOD) - 1, newest + 1):
+            rng = _rng(self.seed, org.name, "stuck", index)
+            created = EPOCH + index * STUCK_PERIOD + rng.uniform(0, STUCK_PERIOD / 6)
+            if not 0 <= now - created <= DAY:
+                continue
+            session = self._document(
+                org, rng, f"s{index}", 0, created, now, STUCK_WORK, 0.0, org.people[:REGULARS]
+            )
+            session["status"] = "active" if now - created < STUCK_WORK else "failed"
+            last = created + min(now - created, STUCK_ACTIVITY) // 7 * 7
+            session["updatedAt"] = _iso(last)
+            session["messageCount"] = 1 + int((last - created) // 7)
+            session["metadata"] = {"repository": f"{org.name}/{rng.choice(REPOSITORIES)}"}
+            sessions.append(session)
+        return sessions
 
     def _session(self, org: _Organization, index: int, now: float) -> dict[str, Any] | None:
         rng = _rng(self.seed, org.name, index)
         created = EPOCH + index * org.period + rng.uniform(0, org.period / 2)
-        age = now - created
-        if age < 0:
+        if now < created:
             return None
         work = rng.uniform(80, 100)  # seconds the agent works
         review = rng.uniform(60, 150)  # seconds a PR stays open before it merges or closes
+        people = org.people[:REGULARS]
+        return self._document(org, rng, str(index), index, created, now, work, review, people)
+
+    def _document(
+        self,
+        org: _Organization,
+        rng: random.Random,
+        name: str,
+        index: int,
+        created: float,
+        now: float,
+        work: float,
+        review: float,
+        people: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """One session as the API lists it; `index` picks its plan, `name` makes its id."""
+        age = now - created
         plan = ("none", "merged", "merged", "closed", "open")[(index + org.plan_offset) % 5]
         failed = plan == "none" and (index // 5) % 2 == 0
         status = "active" if age < work else ("failed" if failed else "completed")
-        person = rng.choice(org.people)
+        step = max(7.0, work / 40)  # seconds between two messages
+        worked = min(age, work) // step * step
+        person = rng.choice(people)
         repository = f"{org.name}/{rng.choice(REPOSITORIES)}"
         session: dict[str, Any] = {
-            "id": f"cm{hashlib.sha1(f'{self.seed}{org.name}{index}'.encode()).hexdigest()[:10]}",  # noqa: S324
+            "id": f"cm{hashlib.sha1(f'{self.seed}{org.name}{name}'.encode()).hexdigest()[:10]}",  # noqa: S324
             "title": rng.choice(TASKS),
             "status": status,
             "createdAt": _iso(created),
-            "updatedAt": _iso(created + min(age, work) // 7 * 7),
+            "updatedAt": _iso(created + worked),
             "model": rng.choice(org.models),
             "author": {
                 "id": f"user_{PEOPLE.index(person) + 1}",
                 "name": person,
                 "imageUrl": f"https://avatars.example.com/{PEOPLE.index(person) + 1}.png",
             },
-            "metadata": {"repository": repository, "branch": f"agent/task-{index}"},
-            "messageCount": 1 + int(min(age, work) // 7),
+            "metadata": {"repository": repository, "branch": f"agent/task-{name}"},
+            "messageCount": 1 + int(worked // step),
             "firstMessagePreview": _preview(rng, PROMPTS),
             "lastMessagePreview": "Working on it..."
             if status == "active"
@@ -199,8 +279,9 @@ class SimulatedMagnet:
         return plan
 
     @staticmethod
-    def _stats(org: _Organization, sessions: list[dict[str, Any]]) -> dict[str, int]:
-        authors = {s["author"]["id"] for s in sessions}
+    def _stats(org: _Organization, sessions: list[dict[str, Any]], now: float) -> dict[str, int]:
+        week_ago = _iso(now - 7 * DAY)
+        authors = {s["author"]["id"] for s in sessions if s["updatedAt"] > week_ago}
         prompting = {s["author"]["id"] for s in sessions if s["status"] == "active"}
         merged = sum(1 for s in sessions if (s["metadata"] or {}).get("prStatus") == "merged")
         return {

@@ -1,11 +1,17 @@
-"""The List Sessions response schema (only the fields we use) and bytes -> Snapshot."""
+"""The List Sessions response schema (only the fields we use) and bytes -> Snapshot.
+
+Reading is tolerant, as a client of a third-party API must be: a value of the wrong type in
+one session is read as missing, for that session and field only, and counted by field. Only
+a body that cannot be used as a whole (not JSON, not an object, no `sessions` array) fails.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Annotated, Any
@@ -22,9 +28,24 @@ MISSING_VALUES: Mapping[str, str] = {
     "repository": "none",
     "author": "unknown",
 }
-"""The value each session label takes when its field is missing or null."""
+"""The value each session label takes when its field is missing, null or unreadable."""
 STATS_FIELDS = ("mergesPastWeek", "authorsPastWeek", "humansPastWeek", "humansPromptingNow")
 MAX_LABEL_LENGTH = 128
+
+DAY_SECONDS = 86_400.0
+WEEK_SECONDS = 604_800.0
+DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
+"""Upper bounds (seconds) of the session duration histogram; +Inf follows."""
+IDLE_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 86400.0)
+"""Upper bounds (seconds) of the active session idle histogram; +Inf follows."""
+DURATION_LABELS = ("status", "model")
+"""The session labels that the duration histogram keeps, when they are configured."""
+IDLE_LABELS = ("model",)
+"""The session labels that the idle histogram keeps, when they are configured."""
+FINISHED_STATUSES = ("completed", "failed")
+ACTIVE_STATUS = "active"
+MILLISECONDS_ABOVE = 1_000_000_000_000
+"""A numeric timestamp above this is in milliseconds (it would be past the year 33,000 in s)."""
 
 # Where each label's value sits in a session: a top-level field, maybe a field inside it.
 _LABEL_PATHS: Mapping[str, tuple[str, str | None]] = {
@@ -34,9 +55,18 @@ _LABEL_PATHS: Mapping[str, tuple[str, str | None]] = {
     "repository": ("metadata", "repository"),
     "author": ("author", "id"),
 }
+# Read whatever the labels: status splits finished from active sessions, and author.id
+# counts the authors of the past day and week.
+_ALWAYS_READ = ("status", "author")
 _OPTIONAL_TEXT: Any = str | None
 # Bounded so that sums stay exact as floats in the exposition (Python ints are unbounded).
-_MESSAGE_COUNT: Any = Annotated[int, msgspec.Meta(ge=0, le=2**40)] | None
+_COUNT: Any = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
+# A number is a Unix time, which msgspec would read as seconds: numbers stay numbers here, and
+# are read as seconds or milliseconds in Python.
+_MOMENT: Any = datetime | float | None
+
+# What kind of session a (cleaned) status makes, for the duration and idle histograms.
+_OTHER_KIND, _FINISHED_KIND, _ACTIVE_KIND = 0, 1, 2
 
 
 def _struct(name: str, fields: Iterable[tuple[str, Any]]) -> Any:
@@ -51,37 +81,29 @@ def _struct(name: str, fields: Iterable[tuple[str, Any]]) -> Any:
 
 
 _Stats: Any = _struct("Stats", ((field, float | None) for field in STATS_FIELDS))
+_STATS_DECODER = msgspec.json.Decoder(_Stats | None, strict=False)
 
 
-def _response_decoder(label_names: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
-    """Make a decoder of only the fields the exporter reads; msgspec skips the rest unbuilt.
-
-    The types depend on the configured labels, so they are made at run time: a label that is
-    not configured is not read at all.
-    """
+def _nested_fields(label_names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Return the top-level session fields read, each with the fields read inside it."""
     nested: dict[str, list[str]] = {}
-    for name in label_names:
+    for name in (*label_names, *_ALWAYS_READ):
         field, inner = _LABEL_PATHS[name]
-        nested.setdefault(field, [])
-        if inner is not None:
-            nested[field].append(inner)
-    fields: list[tuple[str, Any]] = [
-        (field, _struct(field.title(), ((i, _OPTIONAL_TEXT) for i in inner)) | None)
-        if inner
-        else (field, _OPTIONAL_TEXT)
-        for field, inner in nested.items()
-    ]
-    fields += [
-        ("createdAt", datetime | None),
-        ("updatedAt", datetime | None),
-        ("messageCount", _MESSAGE_COUNT),
-    ]
-    sessions: Any = list[_struct("Session", fields)]  # type: ignore[misc]
-    response = msgspec.defstruct(
-        "Response", [("sessions", sessions), ("stats", _Stats | None, None)], gc=False
-    )
-    # Not strict: numbers given as strings, and timestamps given as Unix seconds, are accepted.
-    return msgspec.json.Decoder(response, strict=False)
+        known = nested.setdefault(field, [])
+        if inner is not None and inner not in known:
+            known.append(inner)
+    return {field: tuple(inner) for field, inner in nested.items()}
+
+
+def checked_fields(label_names: Sequence[str]) -> tuple[str, ...]:
+    """Every field path whose unreadable values are counted, for the configured labels."""
+    paths = ["sessions"]
+    for field, inner in _nested_fields(label_names).items():
+        paths.append(f"sessions.{field}")
+        paths.extend(f"sessions.{field}.{name}" for name in inner)
+    paths += ["sessions.createdAt", "sessions.updatedAt", "sessions.messageCount", "stats"]
+    paths.extend(f"stats.{field}" for field in STATS_FIELDS)
+    return tuple(paths)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +112,42 @@ class SessionGroup:
 
     count: int
     messages: int
+    created_past_day: int = 0
+    created_past_week: int = 0
 
     def __add__(self, other: SessionGroup) -> SessionGroup:
         """Sessions of both groups together."""
-        return SessionGroup(self.count + other.count, self.messages + other.messages)
+        return SessionGroup(
+            self.count + other.count,
+            self.messages + other.messages,
+            self.created_past_day + other.created_past_day,
+            self.created_past_week + other.created_past_week,
+        )
 
 
 NO_SESSIONS = SessionGroup(0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaugeHistogram:
+    """Observations by bucket (not cumulative; the last one is +Inf) and their sum."""
+
+    counts: tuple[int, ...]
+    total: float
+
+    @classmethod
+    def empty(cls, bounds: Sequence[float]) -> GaugeHistogram:
+        """No observation, over `bounds` and +Inf."""
+        return cls((0,) * (len(bounds) + 1), 0.0)
+
+    def __add__(self, other: GaugeHistogram) -> GaugeHistogram:
+        """Observations of both together."""
+        counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
+        return GaugeHistogram(counts, self.total + other.total)
+
+
+def _empty() -> Mapping[Any, Any]:
+    return MappingProxyType({})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,30 +158,46 @@ class Snapshot:
     """The `stats` fields present in the response, by API field name."""
     label_names: tuple[str, ...]
     sessions: Mapping[tuple[str, ...], SessionGroup]
-    """Session count and message sum by label values, in the order of `label_names`."""
+    """Session counts and message sum by label values, in the order of `label_names`."""
     last_created: float | None
     last_updated: float | None
+    durations: Mapping[tuple[str, ...], GaugeHistogram] = dataclasses.field(default_factory=_empty)
+    """Durations of the sessions finished in the past week, by `duration_labels` values."""
+    idle: Mapping[tuple[str, ...], GaugeHistogram] = dataclasses.field(default_factory=_empty)
+    """Time since the last activity of active sessions, by `idle_labels` values."""
+    oldest_active_created: float | None = None
+    authors_past_day: int = 0
+    authors_past_week: int = 0
+    invalid: Mapping[str, int] = dataclasses.field(default_factory=_empty)
+    """Values read as missing because they were unreadable, by field path."""
+
+    @property
+    def duration_labels(self) -> tuple[str, ...]:
+        """The labels of `durations`: the session labels among status and model."""
+        return tuple(name for name in self.label_names if name in DURATION_LABELS)
+
+    @property
+    def idle_labels(self) -> tuple[str, ...]:
+        """The labels of `idle`: model, if it is a session label."""
+        return tuple(name for name in self.label_names if name in IDLE_LABELS)
 
     def __reduce__(self) -> tuple[Callable[..., Snapshot], tuple[Any, ...]]:
         """Pickle as plain dicts: snapshots come back from poll workers."""
-        fields = (self.label_names, self.last_created, self.last_updated)
-        return _snapshot, (dict(self.stats), dict(self.sessions), *fields)
+        return _snapshot, (
+            *(
+                dict(getattr(self, field.name))
+                if isinstance(getattr(self, field.name), Mapping)
+                else getattr(self, field.name)
+                for field in dataclasses.fields(self)
+            ),
+        )
 
 
-def _snapshot(
-    stats: dict[str, float],
-    sessions: dict[tuple[str, ...], SessionGroup],
-    label_names: tuple[str, ...],
-    last_created: float | None,
-    last_updated: float | None,
-) -> Snapshot:
-    return Snapshot(
-        MappingProxyType(stats),
-        label_names,
-        MappingProxyType(sessions),
-        last_created,
-        last_updated,
-    )
+def _snapshot(*values: Any) -> Snapshot:
+    fields: list[Any] = [
+        MappingProxyType(value) if isinstance(value, dict) else value for value in values
+    ]
+    return Snapshot(*fields)
 
 
 # Statuses are an enumeration in the API: "Completed " and "completed" are one value.
@@ -144,16 +211,44 @@ def _label_value(name: str, raw: str | None) -> str:
     return (value.lower() if name in _LOWER_CASED else value)[:MAX_LABEL_LENGTH]
 
 
+def _kind(status: str) -> int:
+    if status in FINISHED_STATUSES:
+        return _FINISHED_KIND
+    return _ACTIVE_KIND if status == ACTIVE_STATUS else _OTHER_KIND
+
+
 _RawKey = tuple[Any, ...]
 """The top-level fields a session's labels come from (nested ones still wrapped)."""
+
+
+class _Group:
+    """What the one pass accumulates for the sessions of one raw key."""
+
+    __slots__ = ("count", "created_day", "created_week", "durations", "idle", "kind", "messages")
+
+    def __init__(self, kind: int) -> None:
+        self.kind = kind
+        self.count = self.messages = self.created_day = self.created_week = 0
+        self.durations: list[float] = [0] * (len(DURATION_BUCKETS) + 2)  # buckets, then sum
+        self.idle: list[float] = [0] * (len(IDLE_BUCKETS) + 2)
+
+
+@dataclasses.dataclass
+class _Pass:
+    """The one pass over every session, before raw values become labels."""
+
+    groups: dict[_RawKey, _Group]
+    authors_day: set[str]
+    authors_week: set[str]
+    oldest_active: datetime | None
 
 
 class _Grouping:
     """Groups decoded sessions by the raw fields of their labels, then turns those into labels."""
 
-    def __init__(self, label_names: tuple[str, ...]) -> None:
+    def __init__(self, label_names: tuple[str, ...], fields: Sequence[str]) -> None:
         self._label_names = label_names
-        self._fields = list(dict.fromkeys(_LABEL_PATHS[name][0] for name in label_names))
+        self._fields = list(fields)
         # itemgetter-like access in C: the per-session loop stays lean.
         fields_of: Callable[[Any], Any] = attrgetter(*self._fields)
         self.raw_key: Callable[[Any], _RawKey] = (
@@ -163,19 +258,11 @@ class _Grouping:
             (self._fields.index(_LABEL_PATHS[name][0]), _LABEL_PATHS[name][1])
             for name in label_names
         ]
+        self._status = self._fields.index("status")
 
-    def count(self, sessions: list[Any]) -> dict[_RawKey, list[int]]:
-        """Session count and message sum by raw key: the one pass over every session."""
-        raw_key = self.raw_key
-        counts: dict[_RawKey, list[int]] = {}
-        for session in sessions:
-            key = raw_key(session)
-            group = counts.get(key)
-            if group is None:
-                group = counts[key] = [0, 0]
-            group[0] += 1
-            group[1] += session.messageCount or 0
-        return counts
+    def new_group(self, raw: _RawKey) -> _Group:
+        """Start the group of a raw key, knowing from its status what kind of sessions it has."""
+        return _Group(_kind(_label_value("status", raw[self._status])))
 
     def labels(self, raw: _RawKey) -> tuple[str, ...]:
         """Return the label values of one raw key, cleaned."""
@@ -188,21 +275,115 @@ class _Grouping:
         return tuple(values)
 
 
+def _one_pass(grouping: _Grouping, sessions: list[Any], now: datetime) -> _Pass:
+    """Count, window and time every session; raises TypeError on a naive or numeric time."""
+    day_ago = now - timedelta(seconds=DAY_SECONDS)
+    week_ago = now - timedelta(seconds=WEEK_SECONDS)
+    groups: dict[_RawKey, _Group] = {}
+    authors_day: set[str] = set()
+    authors_week: set[str] = set()
+    oldest_active: datetime | None = None
+    raw_key, new_group = grouping.raw_key, grouping.new_group
+    duration_sum, idle_sum = len(DURATION_BUCKETS) + 1, len(IDLE_BUCKETS) + 1
+    for session in sessions:
+        key = raw_key(session)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = new_group(key)
+        group.count += 1
+        group.messages += session.messageCount or 0
+        created = session.createdAt
+        updated = session.updatedAt
+        if created is not None and created > week_ago:  # a future one is in every window
+            group.created_week += 1
+            if created > day_ago:
+                group.created_day += 1
+        last = updated if updated is not None else created
+        if last is None:
+            continue
+        if last > week_ago:
+            author = session.author
+            if author is not None and author.id:
+                authors_week.add(author.id)
+                if last > day_ago:
+                    authors_day.add(author.id)
+        kind = group.kind
+        if kind == _FINISHED_KIND:
+            if created is not None and updated is not None and last > week_ago:
+                seconds = max(0.0, (updated - created).total_seconds())
+                group.durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
+                group.durations[duration_sum] += seconds
+        elif kind == _ACTIVE_KIND:
+            seconds = max(0.0, (now - last).total_seconds())
+            group.idle[bisect_left(IDLE_BUCKETS, seconds)] += 1
+            group.idle[idle_sum] += seconds
+            if created is not None and (oldest_active is None or created < oldest_active):
+                oldest_active = created
+    return _Pass(groups, authors_day, authors_week, oldest_active)
+
+
+def _histogram(accumulated: list[float]) -> GaugeHistogram:
+    return GaugeHistogram(tuple(int(n) for n in accumulated[:-1]), accumulated[-1])
+
+
 def _newest(moments: Iterable[datetime | None]) -> float | None:
-    present = [moment for moment in moments if moment is not None]
-    if not present:
-        return None
-    try:
-        newest = max(present)
-    except TypeError:  # naive and aware timestamps mixed: compare them all as UTC
-        newest = max(present, key=_epoch)
-    return _epoch(newest)
+    newest = max(filter(None, moments), default=None)
+    return newest.timestamp() if newest is not None else None
 
 
-def _epoch(moment: datetime) -> float:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # the API speaks UTC
-    return moment.timestamp()
+def _decoder(kind: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(kind, strict=False)  # numbers given as strings are accepted
+
+
+def _fields_as_raw(name: str, fields: Iterable[str]) -> msgspec.json.Decoder[Any]:
+    """Decode an object (or null) into a struct holding each of `fields` undecoded."""
+    struct: Any = msgspec.defstruct(
+        name, [(field, msgspec.Raw, None) for field in fields], gc=False
+    )
+    return msgspec.json.Decoder(struct | None)
+
+
+_TEXT = _decoder(_OPTIONAL_TEXT)
+_NUMBER = _decoder(float | None)
+_MESSAGE_COUNT = _decoder(_COUNT | None)
+_TIMESTAMP = _decoder(_MOMENT)
+_RAW_STATS = _fields_as_raw("RawStats", STATS_FIELDS)
+
+
+class _Invalid:
+    """Reads single values that did not fit, and counts those read as missing by field path."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, path: str) -> None:
+        """Count one value read as missing."""
+        self.counts[path] = self.counts.get(path, 0) + 1
+
+    def read(self, decoder: msgspec.json.Decoder[Any], raw: msgspec.Raw | None, path: str) -> Any:
+        """Return the decoded value, or None (counted unless the field was absent or null)."""
+        if raw is None:
+            return None
+        try:
+            return decoder.decode(raw)
+        except msgspec.DecodeError:
+            self.add(path)
+            return None
+
+    def moment(self, value: Any, path: str) -> datetime | None:
+        """Return a timestamp as an aware datetime: no zone means UTC; a number is s or ms."""
+        if value is None or isinstance(value, datetime):
+            moment = value
+        else:
+            seconds = value / 1000 if value > MILLISECONDS_ABOVE else value
+            try:
+                moment = datetime.fromtimestamp(seconds, timezone.utc)
+            except (OverflowError, OSError, ValueError):
+                self.add(path)
+                return None
+        if moment is None or moment.tzinfo is not None:
+            return moment
+        return moment.replace(tzinfo=timezone.utc)
 
 
 class SnapshotParser:
@@ -210,31 +391,190 @@ class SnapshotParser:
 
     def __init__(self, label_names: Sequence[str]) -> None:
         self.label_names = tuple(label_names)
-        self._decoder = _response_decoder(self.label_names)
-        self._grouping = _Grouping(self.label_names)
+        self._nested = _nested_fields(self.label_names)
+        self._inner_types: dict[str, Any] = {
+            field: _struct(field.title(), ((name, _OPTIONAL_TEXT) for name in inner))
+            for field, inner in self._nested.items()
+            if inner
+        }
+        fields: list[tuple[str, Any]] = [
+            (field, self._inner_types[field] | None if inner else _OPTIONAL_TEXT)
+            for field, inner in self._nested.items()
+        ]
+        fields += [
+            ("createdAt", _MOMENT),
+            ("updatedAt", _MOMENT),
+            ("messageCount", _COUNT | None),
+        ]
+        self._session_type: Any = _struct("Session", fields)
+        # Not strict: numbers given as strings are accepted.
+        self._decoder = msgspec.json.Decoder(
+            msgspec.defstruct(
+                "Response",
+                [("sessions", list[self._session_type]), ("stats", _Stats | None, None)],  # type: ignore[name-defined]
+                gc=False,
+            ),
+            strict=False,
+        )
+        # For a body some of whose values do not fit: each session on its own.
+        self._raw_decoder = msgspec.json.Decoder(
+            msgspec.defstruct(
+                "RawResponse",
+                [("sessions", list[msgspec.Raw]), ("stats", msgspec.Raw, None)],
+                gc=False,
+            )
+        )
+        self._session_decoder = _decoder(self._session_type)
+        self._raw_session = _fields_as_raw(
+            "RawSession", [*self._nested, "createdAt", "updatedAt", "messageCount"]
+        )
+        self._raw_inner = {
+            field: _fields_as_raw(f"Raw{field.title()}", inner)
+            for field, inner in self._nested.items()
+            if inner
+        }
+        self._grouping = _Grouping(self.label_names, list(self._nested))
+        self.checked_fields = checked_fields(self.label_names)
 
-    def parse(self, body: bytes | bytearray) -> Snapshot:
-        """Validate a body and aggregate it in one pass, or raise `PollError`."""
+    def parse(self, body: bytes | bytearray, now: float) -> Snapshot:
+        """Read a body and aggregate it as of `now` (Unix time) in one pass.
+
+        Raises `PollError` only when the body cannot be used as a whole.
+        """
+        invalid = _Invalid()
         try:
-            response = self._decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise PollError(Outcome.INVALID_RESPONSE, _describe_invalid(exc)) from None
-        sessions = response.sessions
-        raw_counts = self._grouping.count(sessions)
+            response: Any = self._decoder.decode(body)
+        except msgspec.DecodeError:
+            sessions, stats = self._read_tolerantly(body, invalid)
+        else:
+            sessions, stats = response.sessions, response.stats
+            del response
+        moment = datetime.fromtimestamp(now, timezone.utc)
+        try:
+            reduced = _one_pass(self._grouping, sessions, moment)
+        except TypeError:  # naive or numeric timestamps: make them all aware, then again
+            sessions = [self._aware(session, invalid) for session in sessions]
+            reduced = _one_pass(self._grouping, sessions, moment)
         last_created = _newest(map(attrgetter("createdAt"), sessions))
         last_updated = _newest(map(attrgetter("updatedAt"), sessions))
-        stats = response.stats
-        del response, sessions  # per-session objects are not kept past this point
+        del sessions  # per-session objects are not kept past this point
+        return self._snapshot(reduced, stats, last_created, last_updated, invalid)
+
+    def _snapshot(
+        self,
+        reduced: _Pass,
+        stats: Any,
+        last_created: float | None,
+        last_updated: float | None,
+        invalid: _Invalid,
+    ) -> Snapshot:
+        positions = {name: i for i, name in enumerate(self.label_names)}
+        duration_at = [positions[n] for n in self.label_names if n in DURATION_LABELS]
+        idle_at = [positions[n] for n in self.label_names if n in IDLE_LABELS]
         groups: dict[tuple[str, ...], SessionGroup] = {}
-        for raw, (count, messages) in raw_counts.items():
+        durations: dict[tuple[str, ...], GaugeHistogram] = {}
+        idle: dict[tuple[str, ...], GaugeHistogram] = {}
+        for raw, group in reduced.groups.items():
             key = self._grouping.labels(raw)  # raw values may clean to the same label
-            groups[key] = groups.get(key, NO_SESSIONS) + SessionGroup(count, messages)
+            counts = SessionGroup(
+                group.count, group.messages, group.created_day, group.created_week
+            )
+            groups[key] = groups.get(key, NO_SESSIONS) + counts
+            if group.kind == _FINISHED_KIND:
+                _merge(durations, tuple(key[i] for i in duration_at), group.durations)
+            elif group.kind == _ACTIVE_KIND:
+                _merge(idle, tuple(key[i] for i in idle_at), group.idle)
+        oldest = reduced.oldest_active
         return Snapshot(
             stats=MappingProxyType(_present_stats(stats)),
             label_names=self.label_names,
             sessions=MappingProxyType(groups),
             last_created=last_created,
             last_updated=last_updated,
+            durations=MappingProxyType(durations),
+            idle=MappingProxyType(idle),
+            oldest_active_created=oldest.timestamp() if oldest is not None else None,
+            authors_past_day=_distinct(reduced.authors_day),
+            authors_past_week=_distinct(reduced.authors_week),
+            invalid=MappingProxyType(invalid.counts),
+        )
+
+    def _read_tolerantly(self, body: bytes | bytearray, invalid: _Invalid) -> tuple[list[Any], Any]:
+        """Decode session by session; what does not fit is read as missing and counted."""
+        try:
+            response: Any = self._raw_decoder.decode(body)
+        except msgspec.DecodeError as exc:  # not JSON, not an object, no `sessions` array
+            raise PollError(Outcome.INVALID_RESPONSE, _describe_invalid(exc)) from None
+        sessions = []
+        decode = self._session_decoder.decode
+        for raw in response.sessions:
+            try:
+                sessions.append(decode(raw))
+            except msgspec.DecodeError:
+                session = self._repair(raw, invalid)
+                if session is not None:
+                    sessions.append(session)
+        return sessions, self._stats(response.stats, invalid)
+
+    def _repair(self, raw: msgspec.Raw, invalid: _Invalid) -> Any:
+        """Read one session field by field, or None if it is not an object."""
+        try:
+            fields = self._raw_session.decode(raw)
+        except msgspec.DecodeError:
+            fields = None
+        if fields is None:
+            invalid.add("sessions")
+            return None
+        values: dict[str, Any] = {}
+        for field, inner in self._nested.items():
+            path = f"sessions.{field}"
+            value = getattr(fields, field)
+            if not inner:
+                values[field] = invalid.read(_TEXT, value, path)
+                continue
+            nested = invalid.read(self._raw_inner[field], value, path)
+            if nested is not None:
+                values[field] = self._inner_types[field](
+                    **{
+                        name: invalid.read(_TEXT, getattr(nested, name), f"{path}.{name}")
+                        for name in inner
+                    }
+                )
+        for field in ("createdAt", "updatedAt"):
+            moment = invalid.read(_TIMESTAMP, getattr(fields, field), f"sessions.{field}")
+            values[field] = invalid.moment(moment, f"sessions.{field}")
+        values["messageCount"] = invalid.read(
+            _MESSAGE_COUNT, fields.messageCount, "sessions.messageCount"
+        )
+        return self._session_type(**values)
+
+    def _aware(self, session: Any, invalid: _Invalid) -> Any:
+        """Return the session with its timestamps timezone-aware (or missing)."""
+        created, updated = session.createdAt, session.updatedAt
+        if _is_aware(created) and _is_aware(updated):
+            return session
+        return msgspec.structs.replace(
+            session,
+            createdAt=invalid.moment(created, "sessions.createdAt"),
+            updatedAt=invalid.moment(updated, "sessions.updatedAt"),
+        )
+
+    @staticmethod
+    def _stats(raw: msgspec.Raw | None, invalid: _Invalid) -> Any:
+        if raw is None:
+            return None
+        try:
+            return _STATS_DECODER.decode(raw)
+        except msgspec.DecodeError:
+            pass
+        fields = invalid.read(_RAW_STATS, raw, "stats")
+        if fields is None:
+            return None
+        return _Stats(
+            **{
+                field: invalid.read(_NUMBER, getattr(fields, field), f"stats.{field}")
+                for field in STATS_FIELDS
+            }
         )
 
 
@@ -244,9 +584,25 @@ def _present_stats(stats: Any) -> dict[str, float]:
     return {field: value for field in STATS_FIELDS if (value := getattr(stats, field)) is not None}
 
 
-def parse_snapshot(body: bytes | bytearray, label_names: Sequence[str]) -> Snapshot:
-    """Parse one body; a poller keeps a `SnapshotParser` instead, built once."""
-    return SnapshotParser(label_names).parse(body)
+def _is_aware(moment: Any) -> bool:
+    return moment is None or (isinstance(moment, datetime) and moment.tzinfo is not None)
+
+
+def _merge(
+    into: dict[tuple[str, ...], GaugeHistogram], key: tuple[str, ...], accumulated: list[float]
+) -> None:
+    histogram = _histogram(accumulated)
+    known = into.get(key)
+    into[key] = histogram if known is None else known + histogram
+
+
+def _distinct(ids: set[str]) -> int:
+    return len({value.strip() for value in ids} - {""})
+
+
+def parse_snapshot(body: bytes | bytearray, label_names: Sequence[str], now: float) -> Snapshot:
+    """Parse one body as of `now`; a poller keeps a `SnapshotParser` instead, built once."""
+    return SnapshotParser(label_names).parse(body, now)
 
 
 _ERROR_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)

@@ -14,7 +14,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from magnet_exporter.client import Outcome, PollError, retry_after_seconds
-from magnet_exporter.model import Snapshot
+from magnet_exporter.model import Snapshot, checked_fields
 from magnet_exporter.series import SessionSeries
 from magnet_exporter.sources import SnapshotSource
 
@@ -86,6 +86,13 @@ class PollMetrics:
             ["organization", "code"],
             registry=registry,
         )
+        self.invalid_values = Counter(
+            "magnet_exporter_invalid_values",
+            "Values in the API's answers read as missing because their type or format was "
+            "wrong, by field.",
+            ["organization", "field"],
+            registry=registry,
+        )
         self.duration = Histogram(
             "magnet_exporter_poll_duration_seconds",
             "Duration of each poll of the Magnet API, parsing included.",
@@ -94,10 +101,12 @@ class PollMetrics:
             registry=registry,
         )
 
-    def start(self, organization: str) -> None:
-        """Give every outcome a series at 0, so `rate()` and `increase()` see the first failure."""
+    def start(self, organization: str, fields: tuple[str, ...]) -> None:
+        """Give every outcome and checked field a series at 0, for `rate()` and `increase()`."""
         for outcome in Outcome:
             self.polls.labels(organization, outcome.value)
+        for field in fields:
+            self.invalid_values.labels(organization, field)
         self.duration.labels(organization)
 
 
@@ -136,7 +145,7 @@ class Poller:
         self._requests = 0
         """Requests sent in the current poll."""
         self.state = PollState()
-        metrics.start(organization)
+        metrics.start(organization, checked_fields(series.label_names))
 
     def poll_once(self, stop: Waiter | None = None) -> PollState:
         """Poll now, publish the new state and return it; never raises for upstream trouble.
@@ -155,10 +164,22 @@ class Poller:
             state = PollState(True, snapshot, self._clock(), None, outcome, None)
             fields = {"outcome": outcome.value, "sessions": self._session_total(snapshot)}
             log.debug("poll succeeded", extra=self._log_fields(started, fields))
+            self._count_invalid(snapshot)
         self._metrics.duration.labels(self._organization).observe(time.monotonic() - started)
         self._metrics.polls.labels(self._organization, outcome.value).inc()
         self.state = dataclasses.replace(state, last_poll=self._clock())
         return self.state
+
+    def _count_invalid(self, snapshot: Snapshot) -> None:
+        """Count the values read as missing, and say how many per field (never the values)."""
+        if not snapshot.invalid:
+            return
+        for field, count in snapshot.invalid.items():
+            self._metrics.invalid_values.labels(self._organization, field).inc(count)
+        log.warning(
+            "values of the wrong type or format were read as missing",
+            extra={"organization": self._organization, **dict(sorted(snapshot.invalid.items()))},
+        )
 
     def _failed(self, error: PollError, started: float) -> PollState:
         outcome, status, reason = error.outcome.value, error.status_code, error.reason

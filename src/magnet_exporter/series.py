@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Generic, TypeVar
 
-from magnet_exporter.model import MISSING_VALUES, NO_SESSIONS, SessionGroup, Snapshot
+from magnet_exporter.model import (
+    DURATION_BUCKETS,
+    DURATION_LABELS,
+    FINISHED_STATUSES,
+    IDLE_BUCKETS,
+    IDLE_LABELS,
+    MISSING_VALUES,
+    NO_SESSIONS,
+    GaugeHistogram,
+    SessionGroup,
+    Snapshot,
+)
 
 OTHER = "other"
 """The label value that stands for every value past the cardinality limit."""
@@ -17,27 +30,59 @@ DOCUMENTED_VALUES: Mapping[str, tuple[str, ...]] = {
 }
 """Values that have a series from the first poll on, at 0 when no session has them."""
 
+_Value = TypeVar("_Value", SessionGroup, GaugeHistogram)
+
+
+class _Family(Generic[_Value]):
+    """The series of one family: those exported once stay, with their zero value."""
+
+    def __init__(
+        self, positions: Iterable[int], zero: _Value, first: Iterable[tuple[str, ...]]
+    ) -> None:
+        self.positions = tuple(positions)
+        self.zero: _Value = zero
+        self.known: dict[tuple[str, ...], None] = dict.fromkeys(first)
+
 
 class SessionSeries:
     """Remembers which session series exist and keeps each label within its value budget.
 
     Admitted values and exported label combinations are kept for the life of the process, so a
     series never vanishes between polls (it drops to 0) and values never flap in and out of
-    `other`.
+    `other`. The duration and idle histograms, whose labels are some of the session labels,
+    fold the same values into `other`.
     """
 
     def __init__(self, label_names: Sequence[str], max_label_values: int) -> None:
         self.label_names = tuple(label_names)
         self._max = max_label_values
         # The values of the zero series are admitted from the start: they are exported too.
-        self._admitted: list[dict[str, None]] = [
-            dict.fromkeys(
-                (DOCUMENTED_VALUES.get(name) or (MISSING_VALUES[name],))[:max_label_values]
-            )
+        zero_values = [
+            (DOCUMENTED_VALUES.get(name) or (MISSING_VALUES[name],))[:max_label_values]
             for name in self.label_names
         ]
+        self._admitted: list[dict[str, None]] = [dict.fromkeys(values) for values in zero_values]
         self._overflowing: set[str] = set()
-        self._known: dict[tuple[str, ...], None] = dict.fromkeys(itertools.product(*self._admitted))
+        self._sessions = _Family(
+            range(len(self.label_names)), NO_SESSIONS, itertools.product(*self._admitted)
+        )
+        self._durations = self._family(
+            DURATION_LABELS, GaugeHistogram.empty(DURATION_BUCKETS), zero_values
+        )
+        self._idle = self._family(IDLE_LABELS, GaugeHistogram.empty(IDLE_BUCKETS), zero_values)
+
+    def _family(
+        self, kept: Sequence[str], zero: GaugeHistogram, zero_values: Sequence[Sequence[str]]
+    ) -> _Family[GaugeHistogram]:
+        positions = [i for i, name in enumerate(self.label_names) if name in kept]
+        values = [
+            # Only finished sessions have a duration: no series for active ones.
+            [v for v in zero_values[i] if v in FINISHED_STATUSES] or list(FINISHED_STATUSES)
+            if self.label_names[i] == "status"
+            else zero_values[i]
+            for i in positions
+        ]
+        return _Family(positions, zero, itertools.product(*values))
 
     def stabilize(self, snapshot: Snapshot) -> tuple[Snapshot, list[str]]:
         """Fold values past the limit into `other` and add every known series at 0.
@@ -46,23 +91,26 @@ class SessionSeries:
         """
         before = set(self._overflowing)
         self._admit(snapshot.sessions)
-        folded: dict[tuple[str, ...], SessionGroup] = {}
-        for key, group in snapshot.sessions.items():
-            stable = self._fold(key)
-            known = folded.get(stable, SessionGroup(0, 0))
-            folded[stable] = SessionGroup(
-                known.count + group.count, known.messages + group.messages
-            )
-        self._known.update(dict.fromkeys(folded))
-        sessions = {key: folded.get(key, NO_SESSIONS) for key in self._known}
-        stable_snapshot = Snapshot(
-            stats=snapshot.stats,
-            label_names=snapshot.label_names,
-            sessions=MappingProxyType(sessions),
-            last_created=snapshot.last_created,
-            last_updated=snapshot.last_updated,
+        stable_snapshot = dataclasses.replace(
+            snapshot,
+            sessions=self._stable(self._sessions, snapshot.sessions),
+            durations=self._stable(self._durations, snapshot.durations),
+            idle=self._stable(self._idle, snapshot.idle),
         )
         return stable_snapshot, sorted(self._overflowing - before)
+
+    def _stable(
+        self, family: _Family[_Value], values: Mapping[tuple[str, ...], _Value]
+    ) -> Mapping[tuple[str, ...], _Value]:
+        admitted = [self._admitted[i] for i in family.positions]
+        folded: dict[tuple[str, ...], _Value] = {}
+        for key, value in values.items():
+            stable = tuple(v if v in a else OTHER for v, a in zip(key, admitted, strict=True))
+            known = folded.get(stable)
+            folded[stable] = value if known is None else known + value
+        family.known.update(dict.fromkeys(folded))
+        zero: _Value = family.zero
+        return MappingProxyType({key: folded.get(key, zero) for key in family.known})
 
     def _admit(self, sessions: Mapping[tuple[str, ...], SessionGroup]) -> None:
         """Admit new values while there is room, the most frequent first."""
@@ -78,9 +126,3 @@ class SessionSeries:
                     admitted[value] = None
                 else:
                     self._overflowing.add(name)
-
-    def _fold(self, key: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(
-            value if value in admitted else OTHER
-            for value, admitted in zip(key, self._admitted, strict=True)
-        )

@@ -63,15 +63,21 @@ class SnapshotSource(Protocol):
 class InProcessSource:
     """Requests and parses in the calling thread."""
 
-    def __init__(self, client: MagnetClient, label_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        client: MagnetClient,
+        label_names: Sequence[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._client = client
         self._parser = SnapshotParser(label_names)
+        self._clock = clock
 
     def fetch(self, deadline: float) -> Fetched:
-        """Request, then parse; a parse failure keeps the status code of the answer."""
+        """Request, then parse as of the answer's end; a parse failure keeps the status code."""
         answer = self._client.fetch(deadline)
         try:
-            return Fetched(answer.status_code, self._parser.parse(answer.body))
+            return Fetched(answer.status_code, self._parser.parse(answer.body, self._clock()))
         except PollError as error:
             error.status_code = answer.status_code
             raise
@@ -96,6 +102,10 @@ class _Request:
     organization_id: str | None
     key: str
     seconds_left: float
+
+
+class _WhatTime:
+    """A worker's question for the exporter's clock, once its request has ended."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,15 +155,24 @@ class _Worker:
         """The process id, while the worker runs."""
         return self._process.pid if self._process is not None else None
 
-    def exchange(self, request: _Request) -> Fetched | _Failure:
-        """Send a request and wait for its reply, up to its deadline and the grace."""
+    def exchange(self, request: _Request, now: Callable[[], float]) -> Fetched | _Failure:
+        """Send a request and wait for its reply, up to its deadline and the grace.
+
+        Between the two the worker asks once what time it is (`now`, the exporter's clock) at
+        the end of its request: the windows of the snapshot are as of then.
+        """
         with self._lock:
             connection = self._connection or self._start()
+            wait_until = time.monotonic() + max(0.0, request.seconds_left) + self._reply_grace
             try:
                 connection.send(request)
-                if not connection.poll(max(0.0, request.seconds_left) + self._reply_grace):
-                    raise TimeoutError
-                reply: Fetched | _Failure = connection.recv()
+                while True:
+                    if not connection.poll(max(0.0, wait_until - time.monotonic())):
+                        raise TimeoutError
+                    reply: Fetched | _Failure | _WhatTime = connection.recv()
+                    if not isinstance(reply, _WhatTime):
+                        break
+                    connection.send(now())
             except (OSError, EOFError) as exc:
                 self._stop()
                 what = "did not answer in time" if isinstance(exc, TimeoutError) else "exited"
@@ -216,14 +235,18 @@ class WorkerPool:
         """The process ids of the running workers."""
         return [pid for worker in self._workers if (pid := worker.pid) is not None]
 
-    def fetch(self, organization_id: str | None, key: str, deadline: float) -> Fetched:
-        """Have an idle worker request and parse; its failures come back as `PollError`."""
+    def fetch(
+        self, organization_id: str | None, key: str, deadline: float, now: Callable[[], float]
+    ) -> Fetched:
+        """Have an idle worker request and parse as of `now`; failures come as `PollError`."""
         try:
             worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             raise PollError(Outcome.TIMEOUT, "timed out: every poll worker was busy") from None
         try:
-            reply = worker.exchange(_Request(organization_id, key, deadline - time.monotonic()))
+            reply = worker.exchange(
+                _Request(organization_id, key, deadline - time.monotonic()), now
+            )
         finally:
             self._idle.put(worker)
         if isinstance(reply, _Failure):
@@ -240,15 +263,21 @@ class WorkerSource:
     """One organization's requests, made by a worker of a shared pool."""
 
     def __init__(
-        self, pool: WorkerPool, organization_id: str | None, key: Callable[[], SecretStr]
+        self,
+        pool: WorkerPool,
+        organization_id: str | None,
+        key: Callable[[], SecretStr],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
         self._organization_id = organization_id
         self._key = key
+        self._clock = clock
 
     def fetch(self, deadline: float) -> Fetched:
         """Request and parse in a worker process."""
-        return self._pool.fetch(self._organization_id, self._key().get_secret_value(), deadline)
+        key = self._key().get_secret_value()
+        return self._pool.fetch(self._organization_id, key, deadline, self._clock)
 
 
 class _CurrentKey:
@@ -261,10 +290,23 @@ class _CurrentKey:
         return self.value
 
 
+class _ExporterClock:
+    """The exporter's clock, asked over the connection."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def __call__(self) -> float:
+        self._connection.send(_WhatTime())
+        now: float = self._connection.recv()
+        return now
+
+
 def _serve(connection: Connection) -> None:
     """Answer requests until the exporter closes the connection."""
     config: WorkerConfig = connection.recv()
     key = _CurrentKey()
+    clock = _ExporterClock(connection)
     sources: dict[str | None, InProcessSource] = {}
     with api_http_client(config.timeout) as http:
         while True:
@@ -283,7 +325,7 @@ def _serve(connection: Connection) -> None:
                     max_response_bytes=config.max_response_bytes,
                 )
                 source = sources[request.organization_id] = InProcessSource(
-                    client, config.label_names
+                    client, config.label_names, clock
                 )
             try:
                 reply: Fetched | _Failure = source.fetch(time.monotonic() + request.seconds_left)
