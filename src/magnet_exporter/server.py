@@ -1,21 +1,38 @@
 """The HTTP face of the exporter: /metrics, a landing page, and health and readiness checks.
 
 With a web configuration it serves HTTPS, asks for basic auth and adds the configured headers.
+
+Open connections cost no thread. One thread ("http") runs an asyncio event loop that holds
+every connection with a small object, reads request heads, and closes connections whose head
+does not arrive in time or that stay idle too long. Only complete requests go to a small fixed
+pool of threads, which runs the WSGI app and hands back the whole answer for the loop to write.
+TLS is done in memory (`ssl.MemoryBIO`) by the same loop, so a slow handshake holds no thread
+either. However many connections are open, the server uses `HTTP_THREADS` threads at most.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import hmac
 import html
+import http
 import logging
+import resource
+import secrets
 import socket
 import ssl
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from socketserver import ThreadingMixIn
-from typing import IO, TYPE_CHECKING, cast
-from wsgiref.headers import Headers
-from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
+from email.utils import formatdate
+from io import BytesIO
+from typing import TYPE_CHECKING, NamedTuple, cast
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -36,10 +53,39 @@ UNGUARDED_PATH = "/-/healthy"
 
 REALM = "magnet-exporter"
 TLS_HANDSHAKE_TIMEOUT_SECONDS = 10.0
+HEAD_TIMEOUT_SECONDS = 10.0
+"""How long a request head may take to arrive once its first byte has: a slow or stalled
+client is closed, instead of holding its connection for the idle time."""
 IDLE_CONNECTION_SECONDS = 120.0
 """How long a kept-alive connection may wait for its next request: past the longest usual
-scrape interval, so that Prometheus reuses its connection, yet no thread waits forever."""
-MAX_REQUEST_LINE = 65536
+scrape interval, so that Prometheus reuses its connection. Also how long an answer may take to
+be sent to a client that reads it slowly."""
+MAX_HEAD_BYTES = 16384
+"""The longest request head (request line and headers) read: a longer one is answered 414 if
+its request line alone is too long, else 431. Prometheus sends well under 1 kB."""
+MAX_HEADERS = 100
+"""More header lines than this are answered 431, as Python's http.server does."""
+HEAD_BYTES_BUDGET = 16 * 2**20
+"""Bytes of unfinished request heads held over all connections; past it, the oldest unfinished
+heads are closed, so that many slow clients cannot fill the memory with partial heads."""
+WORKER_THREADS = 8
+"""Threads that run the app: answers are CPU work under the interpreter lock, so more would
+not answer faster; a few keep a slow answer from holding up the others."""
+HTTP_THREADS = 1 + WORKER_THREADS + 1
+"""Threads of the server at most: the event loop, the workers, and one that checks basic auth
+credentials not seen before (bcrypt), so that a flood of wrong passwords does not hold up the
+workers. The exporter's threads: 1 (main) + one per organization (pollers) + HTTP_THREADS."""
+DEFAULT_MAX_CONNECTIONS = 20_000
+"""Open connections at most; at the limit, a new connection closes the one that has waited
+longest without a request being answered (see `HttpServer`)."""
+RESERVED_FILES = 128
+"""File descriptors left for the rest of the exporter when the limit on open files, rather
+than `max_connections`, bounds the connections."""
+SWEEP_SECONDS = 1.0
+"""How often deadlines are checked: a deadline is kept to within this."""
+STOP_SECONDS = 1.0
+"""How long `stop` waits for the event loop to close every connection."""
+TLS_READ_BYTES = 65536
 
 
 class ExporterApp:
@@ -124,6 +170,9 @@ def _respond(
 class _Guard:
     """Wraps an app: basic auth on every path but UNGUARDED_PATH, extra headers on every answer."""
 
+    MAX_REMEMBERED = 1024
+    """Authorization values remembered as good; past that, they count as never seen."""
+
     def __init__(
         self, app: WSGIApplication, auth: BasicAuth | None, headers: Mapping[str, str]
     ) -> None:
@@ -131,6 +180,9 @@ class _Guard:
         self._auth = auth
         self._headers = list(headers.items())
         self._replaced = {name.lower() for name in headers}
+        # Keyed hashes, never the credentials: as BasicAuth remembers them.
+        self._key = secrets.token_bytes(32)
+        self._passed: set[bytes] = set()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Answer one request, or refuse it with 401."""
@@ -141,22 +193,32 @@ class _Guard:
             kept = [(name, value) for name, value in headers if name.lower() not in self._replaced]
             return start_response(status, kept + self._headers, exc_info)
 
-        if (
-            self._auth is not None
-            and environ.get("PATH_INFO") != UNGUARDED_PATH
-            and not self._auth.check(environ.get("HTTP_AUTHORIZATION"))
-        ):
-            body = b"Unauthorized.\n"
-            start(
-                "401 Unauthorized",
-                [
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(body))),
-                    ("WWW-Authenticate", f'Basic realm="{REALM}"'),
-                ],
-            )
-            return [body]
+        if self._auth is not None and environ.get("PATH_INFO") != UNGUARDED_PATH:
+            authorization = environ.get("HTTP_AUTHORIZATION")
+            if not self._auth.check(authorization):
+                body = b"Unauthorized.\n"
+                start(
+                    "401 Unauthorized",
+                    [
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                        ("Content-Length", str(len(body))),
+                        ("WWW-Authenticate", f'Basic realm="{REALM}"'),
+                    ],
+                )
+                return [body]
+            if authorization is not None and len(self._passed) < self.MAX_REMEMBERED:
+                self._passed.add(self._fingerprint(authorization))
         return self._app(environ, start)
+
+    def costly(self, environ: WSGIEnvironment) -> bool:
+        """Tell whether answering may take a bcrypt check: credentials not yet seen to pass."""
+        if self._auth is None or environ.get("PATH_INFO") == UNGUARDED_PATH:
+            return False
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        return authorization is not None and self._fingerprint(authorization) not in self._passed
+
+    def _fingerprint(self, authorization: str) -> bytes:
+        return hmac.digest(self._key, authorization.encode("utf-8", "surrogateescape"), "sha256")
 
 
 def _guarded(app: WSGIApplication, config: WebConfig) -> WSGIApplication:
@@ -166,137 +228,617 @@ def _guarded(app: WSGIApplication, config: WebConfig) -> WSGIApplication:
     return _Guard(app, auth, config.headers)
 
 
-class _KeepAliveServerHandler(ServerHandler):
-    """Answers in HTTP/1.1, so that a scraper may send its next request on the same connection."""
-
-    http_version = "1.1"
-    headers: Headers | None  # set by wsgiref while an answer is made; typeshed leaves it out
-    request_handler: WSGIRequestHandler
-
-    def cleanup_headers(self) -> None:
-        """Close the connection after an answer whose end only the close would tell."""
-        super().cleanup_headers()
-        if self.headers is not None and "Content-Length" not in self.headers:
-            self.headers["Connection"] = "close"
-            self.request_handler.close_connection = True
+# --- HTTP/1.1 over the event loop ---------------------------------------------------------------
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Keeps connections alive between requests; request lines go to the debug log."""
+class _Request(NamedTuple):
+    """A parsed request head."""
 
-    protocol_version = "HTTP/1.1"  # parse_request keeps HTTP/1.1 connections open
-    timeout = IDLE_CONNECTION_SECONDS
-    # wsgiref writes the status line, the headers and the body apart. Buffered, they leave in
-    # one write; and with Nagle's algorithm off, the last segment of an answer goes at once
-    # instead of waiting up to 40 ms for the delayed ACK of a kept-alive client.
-    wbufsize = -1
-
-    def setup(self) -> None:
-        """Send small segments at once, as every HTTP server with keep-alive must."""
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def handle(self) -> None:
-        """Answer requests on one connection until it closes, asks to, or stays idle too long."""
-        try:
-            self._handle_one()
-            while not self.close_connection:
-                self._handle_one()
-        except (TimeoutError, ConnectionError):
-            pass  # an idle or vanished client: nothing to answer
-
-    def _handle_one(self) -> None:
-        # wsgiref's own handle(), which serves one request and leaves the connection to close.
-        self.close_connection = True
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-        if len(self.raw_requestline) > MAX_REQUEST_LINE:
-            self.requestline = self.request_version = self.command = ""
-            self.send_error(414)
-            return
-        if not self.parse_request():  # an empty line (the client closed) or an error sent
-            return
-        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
-            self.close_connection = True  # a body no route reads must not pass for a request
-        output = cast("IO[bytes]", self.wfile)  # a socket writer, which is what wsgiref uses
-        handler = _KeepAliveServerHandler(
-            self.rfile, output, self.get_stderr(), self.get_environ(), multithread=False
-        )
-        handler.request_handler = self
-        handler.run(self.server.get_app())  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug(format % args)
-
-    def get_environ(self) -> WSGIEnvironment:
-        """Tell the app, as CGI does, when the request came over TLS."""
-        environ = super().get_environ()
-        if isinstance(self.connection, ssl.SSLSocket):
-            environ["HTTPS"] = "on"
-        return environ
+    environ: WSGIEnvironment
+    line: str
+    keep_alive: bool
+    say_keep_alive: bool
+    """An HTTP/1.0 client asked to keep the connection: the answer must say it does."""
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a slow scraper must not hold up shutdown
-    # socketserver's default backlog of 5 leaves a burst of scrapers waiting for SYN
-    # retransmissions (1 s, 3 s, 7 s): past a scrape timeout.
-    request_queue_size = socket.SOMAXCONN
+class _Refusal(NamedTuple):
+    """A request head that cannot be answered by the app."""
 
-    def process_request_thread(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
-    ) -> None:
-        """Serve one connection, after its TLS handshake if the socket is a TLS one."""
-        # Here in the connection's own thread, not in the accept loop: a client that is slow
-        # or speaks plain HTTP stalls only its own connection.
-        if isinstance(request, ssl.SSLSocket) and not _handshake(request, client_address):
-            self.shutdown_request(request)
-            return
-        super().process_request_thread(request, client_address)
+    status: int
+    reason: str
 
 
-def _handshake(connection: ssl.SSLSocket, client_address: object) -> bool:
-    timeout = connection.gettimeout()
-    connection.settimeout(TLS_HANDSHAKE_TIMEOUT_SECONDS)
+def _end_of_head(buffer: bytes) -> int:
+    """Return the index just past the empty line that ends a head, or -1 if none yet."""
+    # Lines may end in a bare LF, which Python's http.server accepted too.
+    ends = [i + n for i, n in ((buffer.find(b"\n\r\n"), 3), (buffer.find(b"\n\n"), 2)) if i >= 0]
+    return min(ends, default=-1)
+
+
+def _parse_head(head: bytes, server: tuple[str, int, str]) -> _Request | _Refusal:
+    """Turn a request head into a WSGI environ (without the client's address)."""
+    lines = head.decode("latin-1").split("\n")
+    line = lines[0].rstrip("\r")
+    words = line.split()
+    if len(words) != 3:
+        return _Refusal(400, f"Bad request syntax ({line[:100]!r}).")
+    method, target, protocol = words
+    version = _http_version(protocol)
+    if version is None:
+        return _Refusal(400, f"Bad request version ({protocol[:20]!r}).")
+    if version >= (2, 0):
+        return _Refusal(505, f"Invalid HTTP version ({protocol}).")
+    fields = [field.rstrip("\r") for field in lines[1:]]
+    fields = fields[: fields.index("")] if "" in fields else fields
+    if len(fields) > MAX_HEADERS:
+        return _Refusal(431, "Too many headers.")
+    host, port, scheme = server
+    environ: dict[str, object] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": host,
+        "SERVER_PORT": str(port),
+        "SERVER_PROTOCOL": protocol,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": BytesIO(),  # no route reads a body: a request with one closes its connection
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if scheme == "https":
+        environ["HTTPS"] = "on"  # as CGI tells the app
+    last = ""
+    for field in fields:
+        if field[:1] in (" ", "\t") and last:  # an obsolete folded line continues the last one
+            environ[last] = f"{environ[last]} {field.strip()}"
+            continue
+        name, colon, value = field.partition(":")
+        if not colon or not name or name != name.strip():
+            return _Refusal(400, "Bad header line.")
+        key = name.upper().replace("-", "_")
+        key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+        value = value.strip()
+        environ[key] = f"{environ[key]},{value}" if key in environ else value  # as wsgiref does
+        last = key
+    if target.startswith("//"):  # as http.server does: not a host-relative URL
+        target = "/" + target.lstrip("/")
+    elif not target.startswith("/") and "://" in target:  # the absolute form
+        parts = urlsplit(target)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    path, _, query = target.partition("?")
+    environ["PATH_INFO"] = unquote(path, "latin-1")
+    environ["QUERY_STRING"] = query
+    tokens = {t.strip().lower() for t in str(environ.get("HTTP_CONNECTION", "")).split(",")}
+    keep_alive = "close" not in tokens and (version >= (1, 1) or "keep-alive" in tokens)
+    # A body no route reads must not pass for the next request.
+    if environ.get("CONTENT_LENGTH", "0") != "0" or "HTTP_TRANSFER_ENCODING" in environ:
+        keep_alive = False
+    return _Request(
+        cast("WSGIEnvironment", environ), line, keep_alive, keep_alive and version < (1, 1)
+    )
+
+
+def _http_version(protocol: str) -> tuple[int, int] | None:
+    name, _, number = protocol.partition("/")
+    major, dot, minor = number.partition(".")
+    if name != "HTTP" or not dot or not major.isdigit() or not minor.isdigit():
+        return None
+    return int(major), int(minor)
+
+
+def _call(
+    app: WSGIApplication, environ: WSGIEnvironment
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Run a WSGI app to the end; return its status, headers and whole body."""
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    written: list[bytes] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        # Nothing is sent before the app returns, so a later call (with exc_info) replaces all.
+        started[:] = [(status, headers)]
+        return written.append
+
+    result = app(environ, start_response)
     try:
-        connection.do_handshake()
-    except OSError as error:  # ssl.SSLError and timeouts included
-        log.debug(
-            "TLS handshake failed", extra={"client": str(client_address), "error": str(error)}
+        body = b"".join([*written, *result])
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    if not started:
+        raise RuntimeError("the app returned without calling start_response")
+    status, headers = started[0]
+    return status, headers, body
+
+
+_HOP_BY_HOP = frozenset({"connection", "content-length", "keep-alive", "transfer-encoding"})
+
+
+def _reply(
+    status: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    *,
+    with_body: bool = True,
+    close: bool = False,
+    say_keep_alive: bool = False,
+) -> bytes:
+    """Return the bytes of a whole answer, to be sent in one write."""
+    lines = [f"HTTP/1.1 {status}", f"Date: {formatdate(usegmt=True)}"]
+    lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _HOP_BY_HOP]
+    lines.append(f"Content-Length: {len(body)}")  # so that the client knows where it ends
+    if close:
+        lines.append("Connection: close")
+    elif say_keep_alive:
+        lines.append("Connection: keep-alive")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if with_body else head
+
+
+def _refusal(refusal: _Refusal, headers: Iterable[tuple[str, str]]) -> bytes:
+    status = http.HTTPStatus(refusal.status)
+    text = [("Content-Type", "text/plain; charset=utf-8"), *headers]
+    body = f"{refusal.status} {status.phrase}: {refusal.reason}\n".encode()
+    return _reply(f"{refusal.status} {status.phrase}", text, body, close=True)
+
+
+# A connection is in one of these states; all but _BUSY and _CLOSED have a deadline.
+_HEAD = 0  # a request head (or the TLS handshake) is on its way
+_IDLE = 1  # waiting for a request
+_BUSY = 2  # a worker is answering
+_SENDING = 3  # the answer waits in the send buffer for a slow client
+_CLOSED = 4
+
+Queue = collections.OrderedDict["_Connection", None]
+
+
+class _Hub:
+    """What the connections of one server share: the app, the pools and the deadlines.
+
+    Connections with a deadline sit in one of three queues, oldest first, so that the sweep
+    and the choice of a connection to close at the limit look only at the front of each.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        address: tuple[str, int, str],
+        tls: ssl.SSLContext | None,
+        extra_headers: Mapping[str, str],
+        max_connections: int,
+    ) -> None:
+        self.app = app
+        self.guard = app if isinstance(app, _Guard) else None
+        self.address = address
+        self.tls = tls
+        self.extra_headers = list(extra_headers.items())
+        self.max_connections = max_connections
+        self.pool = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="http-worker")
+        self.auth_pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="http-auth")
+            if self.guard is not None
+            else None
         )
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.every: set[_Connection] = set()
+        self.heads: Queue = collections.OrderedDict()
+        self.idle: Queue = collections.OrderedDict()
+        self.sending: Queue = collections.OrderedDict()
+        self.held = 0
+        """Bytes of unfinished heads held by the connections."""
+        self.stopping = False
+        self.limits = (
+            (self.heads, HEAD_TIMEOUT_SECONDS),
+            (self.idle, IDLE_CONNECTION_SECONDS),
+            (self.sending, IDLE_CONNECTION_SECONDS),
+        )
+
+    def sweep(self) -> None:
+        """Close the connections past their deadline; run again in a second."""
+        now = time.monotonic()
+        for queue, seconds in self.limits:
+            while queue:
+                oldest = next(iter(queue))
+                if now - oldest.since < seconds:
+                    break
+                oldest.expire()
+        if self.loop is not None and not self.stopping:
+            self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    def make_room(self) -> bool:
+        """At the limit, close the connection that has waited longest; False if none can be."""
+        fronts = [next(iter(queue)) for queue in (self.heads, self.idle) if queue]
+        if not fronts:
+            return False  # every connection has a request being answered
+        min(fronts, key=lambda connection: connection.since).expire()
+        return True
+
+    def trim_heads(self) -> None:
+        """Close the oldest unfinished heads while they hold more than the budget."""
+        while self.held > HEAD_BYTES_BUDGET and self.heads:
+            next(iter(self.heads)).expire()
+
+    def submit(self, connection: _Connection, request: _Request) -> None:
+        """Have a worker answer; requests that may need bcrypt go to their own thread."""
+        costly = self.guard is not None and self.guard.costly(request.environ)
+        pool = self.auth_pool if costly and self.auth_pool is not None else self.pool
+        try:
+            pool.submit(self.answer, connection, request)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            connection.expire()
+
+    def answer(self, connection: _Connection, request: _Request) -> None:
+        """Run the app for one request (in a worker) and give the answer to the loop."""
+        method = request.environ["REQUEST_METHOD"]
+        close = not request.keep_alive
+        try:
+            status, headers, body = _call(self.app, request.environ)
+        except Exception:
+            log.exception("cannot answer a request", extra={"request": request.line})
+            status, headers = "500 Internal Server Error", [("Content-Type", "text/plain")]
+            headers += self.extra_headers
+            body, close = b"Internal server error.\n", True
+        data = _reply(
+            status,
+            headers,
+            body,
+            with_body=method != "HEAD",
+            close=close,
+            say_keep_alive=request.say_keep_alive,
+        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "answered",
+                extra={"request": request.line, "status": status[:3], "bytes": len(body)},
+            )
+        assert self.loop is not None  # noqa: S101 (requests come only from a running loop)
+        # RuntimeError: the loop is closed, as the server has stopped, and the connection with it.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(connection.answered, data, close)
+
+    def shutdown(self, server: asyncio.AbstractServer, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop accepting, drop every connection at once, then stop the loop."""
+        self.stopping = True
+        server.close()
+        for connection in list(self.every):
+            connection.abort()
+        loop.call_soon(loop.stop)  # after the connections' own callbacks, queued before it
+
+
+class _Tls:
+    """A TLS session in memory: bytes from the client in, bytes for the client out."""
+
+    __slots__ = ("incoming", "outgoing", "ready", "session")
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.session = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.ready = False
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: its state, a deadline, and its unanswered bytes; no thread."""
+
+    # Slots keep an idle connection small: there may be tens of thousands.
+    __slots__ = (
+        "_buffer",
+        "_close_after",
+        "_hub",
+        "_paused",
+        "_queue",
+        "_state",
+        "_tls",
+        "_transport",
+        "since",
+    )
+
+    _transport: asyncio.Transport
+
+    def __init__(self, hub: _Hub) -> None:
+        self._hub = hub
+        self._tls: _Tls | None = None
+        self._state = _HEAD
+        self._queue: Queue | None = None
+        self.since = 0.0
+        """When the connection entered its queue: its deadline counts from then."""
+        self._buffer = b""
+        self._paused = False
+        self._close_after = False
+
+    # asyncio's callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Take the connection, making room for it at the limit."""
+        hub = self._hub
+        self._transport = cast("asyncio.Transport", transport)
+        if hub.stopping or (len(hub.every) >= hub.max_connections and not hub.make_room()):
+            self._state = _CLOSED
+            self._transport.abort()
+            return
+        hub.every.add(self)
+        # A high-water mark of 0 makes asyncio tell (resume_writing) when an answer is sent.
+        self._transport.set_write_buffer_limits(high=0)
+        if hub.tls is None:
+            self._wait_for_request()
+        else:
+            self._enter(hub.heads)  # the handshake has the head's deadline
+
+    def data_received(self, data: bytes) -> None:
+        """Decrypt if need be, then read requests."""
+        if self._state == _CLOSED:
+            return
+        if self._hub.tls is not None:
+            # Made on the first bytes: a connection that never speaks costs no TLS session.
+            if self._tls is None:
+                self._tls = _Tls(self._hub.tls)
+            plain = self._decrypt(self._tls, data)
+            if plain is None:
+                self.expire()
+                return
+            data = plain
+        if data:
+            self._take(data)
+
+    def eof_received(self) -> bool:
+        """Keep a half-closed connection open only to answer the request in progress."""
+        if self._state == _BUSY:
+            self._close_after = True
+            return True
         return False
-    connection.settimeout(timeout)
-    return True
+
+    def resume_writing(self) -> None:
+        """Wait for the next request, now that the answer has left."""
+        if self._state == _SENDING and not self._transport.is_closing():
+            self._wait_for_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection."""
+        self._state = _CLOSED
+        self._leave()
+        self._hold(b"")
+        self._hub.every.discard(self)
+
+    # Called by the hub
+
+    def answered(self, data: bytes, close: bool) -> None:
+        """Send an answer from a worker; then close, or wait for the next request."""
+        if self._state != _BUSY:
+            return  # closed meanwhile
+        self._send(data)
+        if close or self._close_after:
+            self._close_when_sent()
+        elif self._transport.get_write_buffer_size():
+            self._state = _SENDING
+            self._enter(self._hub.sending)
+        else:
+            self._wait_for_request()
+
+    def expire(self) -> None:
+        """Close at once: a deadline has passed, or the server needs the room."""
+        self._state = _CLOSED
+        self._leave()
+        self._hold(b"")
+        self._transport.abort()
+
+    def abort(self) -> None:
+        """Close at once, whatever the state: the server stops."""
+        self.expire()
+
+    # The request cycle
+
+    def _take(self, data: bytes) -> None:
+        if self._state in (_BUSY, _SENDING):
+            # The client sent on before its answer (pipelining): keep it for later, up to a head.
+            self._hold(self._buffer + data)
+            if len(self._buffer) > MAX_HEAD_BYTES and not self._paused:
+                self._transport.pause_reading()
+                self._paused = True
+            return
+        buffer = self._buffer + data if self._buffer else data
+        if self._state == _IDLE:
+            buffer = buffer.lstrip(b"\r\n")  # empty lines between requests are allowed
+            if not buffer:
+                return
+            self._state = _HEAD
+            self._enter(self._hub.heads)
+        end = _end_of_head(buffer)
+        if end < 0 or end > MAX_HEAD_BYTES + 4:
+            if len(buffer) <= MAX_HEAD_BYTES:
+                self._hold(buffer)
+                self._hub.trim_heads()
+                return
+            line_ends = buffer.find(b"\n", 0, MAX_HEAD_BYTES)
+            self._refuse(
+                _Refusal(414, "Request line too long.")
+                if line_ends < 0
+                else _Refusal(431, "Request head too long.")
+            )
+            return
+        self._hold(buffer[end:])
+        hub = self._hub
+        request = _parse_head(buffer[:end], hub.address)
+        if isinstance(request, _Refusal):
+            self._refuse(request)
+            return
+        peer = self._transport.get_extra_info("peername")
+        request.environ["REMOTE_ADDR"] = peer[0] if isinstance(peer, tuple) else ""
+        self._state = _BUSY
+        self._leave()
+        hub.submit(self, request)
+
+    def _wait_for_request(self) -> None:
+        self._state = _IDLE
+        self._enter(self._hub.idle)
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()
+        if self._buffer:  # a request sent before the last answer left
+            buffer, self._buffer = self._buffer, b""
+            self._hub.held -= len(buffer)
+            self._take(buffer)
+
+    def _refuse(self, refusal: _Refusal) -> None:
+        log.debug("refused a request", extra={"status": refusal.status, "reason": refusal.reason})
+        self._leave()
+        self._hold(b"")
+        self._send(_refusal(refusal, self._hub.extra_headers))
+        self._close_when_sent()
+
+    def _close_when_sent(self) -> None:
+        self._transport.close()  # asyncio sends what is buffered first
+        if self._transport.get_write_buffer_size():
+            self._state = _SENDING  # a client that does not read is dropped at the deadline
+            self._enter(self._hub.sending)
+        else:
+            self._state = _CLOSED
+            self._leave()
+
+    def _send(self, data: bytes) -> None:
+        if self._tls is not None:
+            try:
+                self._tls.session.write(data)
+            except ssl.SSLError:
+                return  # a broken session: the client will see the connection close
+            data = self._tls.outgoing.read()
+        self._transport.write(data)
+
+    def _decrypt(self, tls: _Tls, data: bytes) -> bytes | None:
+        """Return the plain bytes that `data` completes (b"" if none), None if TLS failed."""
+        tls.incoming.write(data)
+        plain = []
+        failed = False
+        try:
+            if not tls.ready:
+                tls.session.do_handshake()
+                tls.ready = True
+                self._wait_for_request()
+            while chunk := tls.session.read(TLS_READ_BYTES):
+                plain.append(chunk)
+        except ssl.SSLWantReadError:
+            pass  # more bytes needed
+        except ssl.SSLZeroReturnError:
+            self._close_after = True  # the client ended the session
+        except ssl.SSLError as error:
+            log.debug("TLS failed", extra={"client": self._peer(), "error": str(error)})
+            failed = True
+        if tls.outgoing.pending:  # handshake messages, tickets, alerts
+            self._transport.write(tls.outgoing.read())
+        if failed:
+            return None
+        if self._close_after and self._state != _BUSY and not plain:
+            return None
+        return b"".join(plain)
+
+    def _peer(self) -> str:
+        return str(self._transport.get_extra_info("peername"))
+
+    # Bookkeeping
+
+    def _enter(self, queue: Queue) -> None:
+        if self._queue is not None:
+            del self._queue[self]
+        self.since = time.monotonic()
+        self._queue = queue
+        queue[self] = None
+
+    def _leave(self) -> None:
+        if self._queue is not None:
+            del self._queue[self]
+            self._queue = None
+
+    def _hold(self, buffer: bytes) -> None:
+        self._hub.held += len(buffer) - len(self._buffer)
+        self._buffer = buffer
 
 
-class _ThreadingServerV6(_ThreadingServer):
-    address_family = socket.AF_INET6
+# --- The server ----------------------------------------------------------------------------------
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit, as Go programs do.
+
+    Return the soft limit now in force. The default soft limit (often 1,024) would otherwise,
+    not memory, bound the connections the server can hold.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            log.debug("cannot raise the open files limit", extra={"error": str(error)})
+        else:
+            soft = hard
+    return soft
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        # The default backlog of 5 (socketserver's) left a burst of scrapers waiting for SYN
+        # retransmissions (1 s, 3 s, 7 s): past a scrape timeout.
+        listener.listen(socket.SOMAXCONN)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _log_loop_problem(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    error = context.get("exception")
+    if isinstance(error, OSError) and "out of system resource" in str(context.get("message")):
+        # asyncio stops accepting for a second, then tries again: the server lives on.
+        log.warning("cannot accept connections for now", extra={"error": str(error)})
+        return
+    log.error(
+        "HTTP server problem",
+        extra={"problem": str(context.get("message")), "error": repr(error)},
+    )
 
 
 class HttpServer:
-    """Serves the app on host:port from a background thread, as the web configuration says."""
+    """Serves the app on host:port from a background thread, as the web configuration says.
+
+    Connections are kept alive between requests. One whose request head has not arrived
+    within HEAD_TIMEOUT_SECONDS of its first byte is closed, as is one that stays idle for
+    IDLE_CONNECTION_SECONDS. At most `max_connections` are open (fewer if the limit on open
+    files is lower): past it, a new connection closes the open one that has waited longest
+    without a request being answered, so that idle connections cannot lock a scraper out.
+    """
 
     def __init__(
-        self, app: ExporterApp, host: str, port: int, web_config: WebConfig | None = None
+        self,
+        app: ExporterApp,
+        host: str,
+        port: int,
+        web_config: WebConfig | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         config = web_config or WebConfig()
-        server_class = _ThreadingServerV6 if ":" in host else _ThreadingServer
-        self._server = make_server(
-            host,
-            port,
+        files = raise_open_files_limit()
+        self._socket = _listening_socket(host, port)
+        self._port: int = self._socket.getsockname()[1]
+        self._scheme = "https" if config.tls is not None else "http"
+        self.max_connections = max(1, min(max_connections, files - RESERVED_FILES))
+        """The connections open at most: `max_connections`, or fewer to fit the open files."""
+        self._hub = _Hub(
             _guarded(app, config),
-            server_class=server_class,
-            handler_class=_QuietHandler,
+            (host, self._port, self._scheme),
+            config.tls.context if config.tls is not None else None,
+            config.headers,
+            self.max_connections,
         )
-        self._scheme = "http"
-        if config.tls is not None:
-            # Accepted connections come out wrapped but not yet shaken hands with: see
-            # _ThreadingServer.process_request_thread.
-            self._server.socket = config.tls.context.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False
-            )
-            self._scheme = "https"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http"
-        )
+        self._ready = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
 
     @property
     def scheme(self) -> str:
@@ -306,15 +848,48 @@ class HttpServer:
     @property
     def port(self) -> int:
         """The bound port (useful when asked for port 0)."""
-        port: int = self._server.server_address[1]
-        return port
+        return self._port
 
     def start(self) -> None:
         """Start serving in the background."""
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting requests and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=1)
+        """Stop accepting requests, close every connection and the socket; quick in any case."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread.is_alive() and self._ready.wait(STOP_SECONDS):
+            loop, server = self._running
+            with contextlib.suppress(RuntimeError):  # the loop has ended on its own
+                loop.call_soon_threadsafe(self._hub.shutdown, server, loop)
+            self._thread.join(timeout=STOP_SECONDS)
+        else:
+            self._socket.close()
+        self._hub.pool.shutdown(wait=False, cancel_futures=True)
+        if self._hub.auth_pool is not None:
+            self._hub.auth_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.set_exception_handler(_log_loop_problem)
+            hub = self._hub
+            server = loop.run_until_complete(
+                loop.create_server(
+                    lambda: _Connection(hub), sock=self._socket, backlog=socket.SOMAXCONN
+                )
+            )
+            hub.loop = loop
+            loop.call_later(SWEEP_SECONDS, hub.sweep)
+            self._running = (loop, server)
+            self._ready.set()
+            loop.run_forever()
+            # Connections accepted while stopping are still being set up: let them end.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        finally:
+            loop.close()
