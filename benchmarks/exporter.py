@@ -1,6 +1,7 @@
 """Harness: the real exporter, wired as `magnet_exporter.cli.serve` does, polled on command.
 
-As in `serve`, the exporter gets no HTTP client, so each poll runs in a worker process.
+As in `serve`, the exporter may poll in worker processes: an organization whose answers are
+large (the benchmarks' 10,000 sessions) is polled in a worker from its second poll on.
 
 Run: `python -m benchmarks.exporter --api-url URL`. Prints the port it serves /metrics on, then
 reads commands from stdin, one a line:
@@ -27,7 +28,7 @@ from prometheus_client import disable_created_metrics
 from pydantic import SecretStr
 
 from benchmarks.procfs import tree_rss
-from magnet_exporter.cli import Exporter, exporter_registry
+from magnet_exporter.cli import Exporter, exporter_registry, http_client
 from magnet_exporter.logs import configure_logging
 from magnet_exporter.poller import Poller
 from magnet_exporter.server import HttpServer
@@ -83,7 +84,8 @@ def main() -> None:
         api_key=SecretStr(API_KEY),
         listen_address="127.0.0.1:0",
     )
-    exporter = Exporter(settings, None, exporter_registry())  # None: poll in a worker, as serve
+    http = http_client(settings)
+    exporter = Exporter(settings, http, exporter_registry(), workers=True)  # as serve
     (poller,) = exporter.pollers.values()
     server = HttpServer(exporter.app, "127.0.0.1", 0)
     server.start()
@@ -93,6 +95,7 @@ def main() -> None:
     finally:
         server.stop()
         exporter.close()
+        http.close()
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ from pydantic import SecretStr
 
 from magnet_exporter import __version__
 from magnet_exporter.client import MagnetClient, Outcome, PollError
-from magnet_exporter.demo import LISTED_SESSIONS, DemoApiServer, Fault
+from magnet_exporter.demo import DEFAULT_ORGANIZATION, LISTED_SESSIONS, DemoApiServer, Fault
 from magnet_exporter.keys import StaticKey
 from magnet_exporter.sources import (
     WORKER_NICENESS,
+    AdaptiveSource,
     Fetched,
     InProcessSource,
     WorkerConfig,
@@ -252,6 +253,7 @@ def gone(pid: int, within: float) -> bool:
 def test_workers_do_not_outlive_a_killed_exporter(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "magnet_exporter", "--demo", f"--listen-address={address}"]
+    command.append("--worker-threshold-bytes=0")  # the demo's answers are small: a worker always
     log = tmp_path / "exporter.log"
     with background_process(command, log, f"http://{address}/-/ready", exporter_env()) as run:
         (worker_pid,) = children(run.pid)
@@ -259,3 +261,69 @@ def test_workers_do_not_outlive_a_killed_exporter(tmp_path: Path) -> None:
         run.wait()
         assert gone(worker_pid, within=5.0)
     assert "Traceback" not in log.read_text()
+
+
+# --- where a poll runs: here while answers are small, in a worker once one was large ----------
+
+
+def adaptive(
+    simulator: DemoApiServer, pool: WorkerPool, sim_clock: FakeClock, threshold: int
+) -> tuple[AdaptiveSource, httpx.Client]:
+    http = httpx.Client()
+    client = MagnetClient(http, simulator.url, StaticKey(SecretStr(SECRET_KEY)))
+    here = InProcessSource(client, LABELS, sim_clock)
+    there = WorkerSource(pool, None, RotatingKey(SECRET_KEY), sim_clock)
+    return AdaptiveSource(here, there, pool, threshold), http
+
+
+def test_small_answers_are_parsed_here_and_start_no_worker(
+    simulator: DemoApiServer, pool: WorkerPool, sim_clock: FakeClock
+) -> None:
+    source, http = adaptive(simulator, pool, sim_clock, threshold=10 * 2**20)
+    with http:
+        for _ in range(3):
+            fetched = source.fetch(soon())
+            assert 0 < fetched.body_bytes < 10 * 2**20
+            assert not source.in_worker
+    assert pool.pids == []
+
+
+def test_a_large_answer_sends_the_next_polls_to_a_worker_and_a_small_one_back(
+    simulator: DemoApiServer, pool: WorkerPool, sim_clock: FakeClock
+) -> None:
+    body = len(simulator.sessions_body(DEFAULT_ORGANIZATION))
+    source, http = adaptive(simulator, pool, sim_clock, threshold=body)
+    with http:
+        here = source.fetch(soon())  # the first poll: here, and the answer is "large"
+        assert pool.pids == []
+        assert source.in_worker
+        there = source.fetch(soon())
+        assert len(pool.pids) == 1
+        assert there == here  # the same answer, parsed as of the same clock
+        simulator.fault = Fault(200, b'{"sessions": []}')  # the organization shrinks
+        source.fetch(soon())  # still in the worker: the last answer was large
+        assert not source.in_worker
+        source.fetch(soon())
+    assert len(pool.pids) == 1  # kept until it has been idle long enough
+
+
+def test_an_idle_worker_is_stopped_and_started_again_when_needed(
+    simulator: DemoApiServer, sim_clock: FakeClock
+) -> None:
+    pool = WorkerPool(config(simulator.url), 1, idle_seconds=0.2)
+    try:
+        large, http = adaptive(simulator, pool, sim_clock, threshold=0)
+        small, other_http = adaptive(simulator, pool, sim_clock, threshold=2**40)
+        with http, other_http:
+            large.fetch(soon())
+            (first,) = pool.pids
+            small.fetch(soon())
+            assert pool.pids == [first]  # not idle long enough yet
+            time.sleep(0.3)
+            small.fetch(soon())  # a poll here stops the worker that nobody used since
+            assert pool.pids == []
+            assert gone(first, within=5.0)
+            large.fetch(soon())  # and the next large poll starts one again
+            assert len(pool.pids) == 1
+    finally:
+        pool.close()

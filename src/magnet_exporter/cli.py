@@ -43,6 +43,7 @@ from magnet_exporter.settings import (
 )
 from magnet_exporter.sources import (
     MAX_WORKERS,
+    AdaptiveSource,
     InProcessSource,
     SnapshotSource,
     WorkerConfig,
@@ -79,6 +80,20 @@ _OPTIONS: Sequence[tuple[str, type, str, str]] = (
     ("max_label_values", int, "N", "distinct values per label before 'other' (default 100)"),
     ("log_level", str, "LEVEL", "debug, info, warning or error (default info)"),
     ("log_format", str, "FORMAT", "logfmt or json (default logfmt)"),
+    (
+        "max_connections",
+        int,
+        "N",
+        "open HTTP connections at most; past it the longest-waiting one is closed "
+        "(default 20000)",
+    ),
+    (
+        "worker_threshold_bytes",
+        int,
+        "BYTES",
+        "poll an organization in a worker process once an answer is this large, "
+        "0 for always (default 2097152, 2 MiB)",
+    ),
 )
 
 
@@ -165,19 +180,20 @@ class Exporter:
     def __init__(
         self,
         settings: Settings,
-        http: httpx.Client | None,
+        http: httpx.Client,
         registry: CollectorRegistry,
         clock: Clock = time.time,
+        *,
+        workers: bool = False,
     ) -> None:
-        """Poll through `http` in this process, or, without it, each organization in a worker."""
+        """Poll through `http` in this process; with `workers`, large answers in a worker."""
         metrics = PollMetrics(registry)
         self.pollers: dict[str, Poller] = {}
         targets = settings.targets()
-        via = http if http is not None else _worker_pool(settings, len(targets))
-        self._pool = via if isinstance(via, WorkerPool) else None
+        self._pool = _worker_pool(settings, len(targets)) if workers else None
         for target in targets:
             self.pollers[target.name] = Poller(
-                _source(settings, target, via, clock),
+                _source(settings, target, http, clock, self._pool),
                 SessionSeries(settings.session_labels, settings.max_label_values),
                 metrics,
                 target.name,
@@ -199,18 +215,24 @@ class Exporter:
 
 
 def _source(
-    settings: Settings, target: Target, via: httpx.Client | WorkerPool, clock: Clock
+    settings: Settings,
+    target: Target,
+    http: httpx.Client,
+    clock: Clock,
+    pool: WorkerPool | None,
 ) -> SnapshotSource:
-    if isinstance(via, WorkerPool):
-        return WorkerSource(via, target.organization_id, target.key, clock)
     client = MagnetClient(
-        via,
+        http,
         settings.api_url,
         target.key,
         target.organization_id,
         max_response_bytes=settings.max_response_bytes,
     )
-    return InProcessSource(client, settings.session_labels, clock)
+    here = InProcessSource(client, settings.session_labels, clock)
+    if pool is None:
+        return here
+    there = WorkerSource(pool, target.organization_id, target.key, clock)
+    return AdaptiveSource(here, there, pool, settings.worker_threshold_bytes)
 
 
 def _worker_pool(settings: Settings, organizations: int) -> WorkerPool:
@@ -281,15 +303,19 @@ def serve(settings: Settings, web_config: WebConfig | None = None) -> int:
     """Poll in the background and serve HTTP until SIGTERM or SIGINT; return the exit code."""
     stop = _stop_on_signals()
     with _demo_api_if(settings) as settings:
-        exporter = Exporter(settings, None, exporter_registry())
+        http = http_client(settings)
+        exporter = Exporter(settings, http, exporter_registry(), workers=True)
         host, port = settings.listen_host_port
         try:
-            server = HttpServer(exporter.app, host, port, web_config)
+            server = HttpServer(
+                exporter.app, host, port, web_config, max_connections=settings.max_connections
+            )
         except OSError as error:
             log.error(
                 "cannot listen", extra={"address": settings.listen_address, "error": str(error)}
             )
             exporter.close()
+            http.close()
             return EXIT_CONFIG_ERROR
         server.start()
         log.info(
@@ -310,6 +336,8 @@ def serve(settings: Settings, web_config: WebConfig | None = None) -> int:
         deadline = time.monotonic() + 1.0
         for thread in polling:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in polling):
+            http.close()  # else a poll still uses it, and the process ends anyway
     return 0
 
 

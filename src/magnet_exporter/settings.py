@@ -41,6 +41,8 @@ FLAGS = {
     "max_label_values": "--max-label-values",
     "log_level": "--log-level",
     "log_format": "--log-format",
+    "max_connections": "--max-connections",
+    "worker_threshold_bytes": "--worker-threshold-bytes",
     "demo": "--demo",
 }
 """The command-line flag of each setting; the API key has none on purpose (flags show in `ps`)."""
@@ -89,6 +91,9 @@ class Settings(BaseSettings):
     max_label_values: int = Field(default=100, ge=5)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
+    max_connections: int = Field(default=20_000, ge=1)
+    # 2 MiB: see sources.WORKER_THRESHOLD_BYTES, which says why.
+    worker_threshold_bytes: int = Field(default=2 * 2**20, ge=0)
     demo: bool = False
 
     @field_validator("api_url")

@@ -1,10 +1,13 @@
 """Where a poll's snapshot comes from: one request and its parsing, here or in a worker process.
 
-In a served exporter the polls run in worker processes, a small pool shared by every
-organization: decoding a large body holds the interpreter lock for tens of milliseconds, and
-reading it over HTTP competes for the lock in small slices, both of which would stall the
-threads that answer scrapes. Workers run at a lower CPU priority, so that on a busy machine
-scrapes come first. Only the snapshot, a few kilobytes, comes back.
+A served exporter polls an organization in its own process while the organization's answers
+are small, and in a worker process once one was large (`WORKER_THRESHOLD_BYTES`): decoding a
+large body holds the interpreter lock for tens of milliseconds, and reading it over HTTP
+competes for the lock in small slices, both of which would stall the threads that answer
+scrapes. A small body costs a millisecond or two here, less than a second interpreter would
+cost in memory. Workers are a small pool shared by every organization, started on demand and
+stopped once unused for `WORKER_IDLE_SECONDS`; they run at a lower CPU priority, so that on a
+busy machine scrapes come first. Only the snapshot, a few kilobytes, comes back.
 """
 
 from __future__ import annotations
@@ -42,14 +45,23 @@ REPLY_GRACE_SECONDS = 5.0
 """How long past a request's deadline a worker may take to answer before it is replaced."""
 MAX_WORKERS = 4
 """Worker processes at most, however many organizations: polls at the same moment share them."""
+WORKER_THRESHOLD_BYTES = 2 * 2**20
+"""An answer at least this large sends the organization's next polls to a worker.
+
+About 2,500 sessions. Below it, decoding in this process holds the interpreter lock for a few
+milliseconds per poll (3 ms per MB here), about one scrape's time; above it, it grows past
+what a scrape should wait (P4 of the benchmarks: 10,000 sessions, 8.4 MB)."""
+WORKER_IDLE_SECONDS = 600.0
+"""A worker unused this long is stopped: its memory (about 30 MB) goes back to the system."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Fetched:
-    """A good answer: its HTTP status code and the snapshot parsed from its body."""
+    """A good answer: its HTTP status code, the snapshot parsed from its body, the body's size."""
 
     status_code: int
     snapshot: Snapshot
+    body_bytes: int = 0
 
 
 class SnapshotSource(Protocol):
@@ -77,7 +89,8 @@ class InProcessSource:
         """Request, then parse as of the answer's end; a parse failure keeps the status code."""
         answer = self._client.fetch(deadline)
         try:
-            return Fetched(answer.status_code, self._parser.parse(answer.body, self._clock()))
+            snapshot = self._parser.parse(answer.body, self._clock())
+            return Fetched(answer.status_code, snapshot, len(answer.body))
         except PollError as error:
             error.status_code = answer.status_code
             raise
@@ -149,6 +162,7 @@ class _Worker:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._connection: Connection | None = None
+        self._last_used = time.monotonic()
 
     @property
     def pid(self) -> int | None:
@@ -178,6 +192,8 @@ class _Worker:
                 what = "did not answer in time" if isinstance(exc, TimeoutError) else "exited"
                 reason = f"the poll worker {what}; a new one serves the next poll"
                 return _Failure(Outcome.INVALID_RESPONSE, reason, None, False, None)
+            finally:
+                self._last_used = time.monotonic()  # idle from the end of its latest request
             return reply
 
     def _start(self) -> Connection:
@@ -206,6 +222,20 @@ class _Worker:
                 self._process.wait()
             self._process = None
 
+    def stop_if_idle(self, idle_seconds: float) -> bool:
+        """Stop the process if it served nothing for `idle_seconds`; True if it was stopped."""
+        if not self._lock.acquire(blocking=False):
+            return False  # serving a request: not idle
+        try:
+            if self._process is None or time.monotonic() - self._last_used < idle_seconds:
+                return False
+            pid = self._process.pid
+            self._stop()
+            log.debug("idle poll worker stopped", extra={"pid": pid})
+            return True
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         """Stop the process; a request in progress fails."""
         process = self._process
@@ -223,8 +253,14 @@ class WorkerPool:
     """
 
     def __init__(
-        self, config: WorkerConfig, size: int, *, reply_grace: float = REPLY_GRACE_SECONDS
+        self,
+        config: WorkerConfig,
+        size: int,
+        *,
+        reply_grace: float = REPLY_GRACE_SECONDS,
+        idle_seconds: float = WORKER_IDLE_SECONDS,
     ) -> None:
+        self._idle_seconds = idle_seconds
         self._workers = [_Worker(config, reply_grace) for _ in range(size)]
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         for worker in reversed(self._workers):
@@ -253,6 +289,11 @@ class WorkerPool:
             raise reply.error()
         return reply
 
+    def stop_idle(self) -> None:
+        """Stop the workers that served nothing for the idle time."""
+        for worker in self._workers:
+            worker.stop_if_idle(self._idle_seconds)
+
     def close(self) -> None:
         """Stop every worker; polls in progress fail."""
         for worker in self._workers:
@@ -278,6 +319,42 @@ class WorkerSource:
         """Request and parse in a worker process."""
         key = self._key().get_secret_value()
         return self._pool.fetch(self._organization_id, key, deadline, self._clock)
+
+
+class AdaptiveSource:
+    """One organization's polls: here while its answers are small, in a worker once one was large.
+
+    The size of the last good answer decides where the next poll runs, so an organization
+    that grows moves to a worker after one large poll here, and one that shrinks comes back.
+    """
+
+    def __init__(
+        self,
+        here: InProcessSource,
+        there: WorkerSource,
+        pool: WorkerPool,
+        threshold: int = WORKER_THRESHOLD_BYTES,
+    ) -> None:
+        self._here = here
+        self._there = there
+        self._pool = pool
+        self._threshold = threshold
+        self._large = threshold == 0  # 0: every poll in a worker, the first one too
+
+    @property
+    def in_worker(self) -> bool:
+        """True while this organization's polls run in a worker."""
+        return self._large
+
+    def fetch(self, deadline: float) -> Fetched:
+        """Request and parse where the last answer's size says."""
+        if self._large:
+            fetched = self._there.fetch(deadline)
+        else:
+            self._pool.stop_idle()  # workers that nobody needs any more
+            fetched = self._here.fetch(deadline)
+        self._large = fetched.body_bytes >= self._threshold
+        return fetched
 
 
 class _CurrentKey:
