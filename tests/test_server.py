@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import gzip
 import html
 import http.client
+import selectors
 import socket
 
+import bcrypt
 import httpx
+import pytest
 from conftest import RunningExporter
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from magnet_exporter import __version__
 from magnet_exporter.demo import DemoApiServer, Fault
+from magnet_exporter.server import ExporterApp, HttpServer
+from magnet_exporter.webconfig import WebConfig
 
 
 def test_healthy_while_running(exporter: RunningExporter) -> None:
@@ -149,3 +157,114 @@ def test_a_request_with_a_body_or_in_http_1_0_closes_its_connection(
             while chunk := raw.recv(65536):  # ends only when the server closes
                 received += chunk
         assert received.count(b"HTTP/1.1 ") == 1, received  # the body was not taken as a request
+
+
+def read_to_end(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\n" + b"X-Padding: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + b"X-Many: a\r\n" * 101 + b"\r\n", 431),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"GET / HTTP/one\r\n\r\n", 400),
+        (b"HELLO\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+    ],
+    ids=[
+        "long line",
+        "long header",
+        "many headers",
+        "HTTP/2",
+        "bad version",
+        "no version",
+        "bad header",
+    ],
+)
+def test_malformed_requests_are_refused_and_their_connection_closed(
+    exporter: RunningExporter, request_bytes: bytes, status: int
+) -> None:
+    with socket.create_connection(("127.0.0.1", exporter.server.port), timeout=5) as raw:
+        raw.sendall(request_bytes)
+        received = read_to_end(raw)
+    assert received.startswith(f"HTTP/1.1 {status} ".encode()), received[:100]
+    assert b"\r\nConnection: close\r\n" in received
+
+
+def test_pipelined_requests_and_head_are_answered_in_order(exporter: RunningExporter) -> None:
+    with socket.create_connection(("127.0.0.1", exporter.server.port), timeout=5) as raw:
+        raw.sendall(
+            b"HEAD /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"\r\n"  # an empty line between requests is allowed
+            b"GET /-/healthy HTTP/1.1\nHost: x\nConnection: close\n\n"  # bare line feeds too
+        )
+        received = read_to_end(raw)
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert [answer[:3] for answer in answers] == [b"200", b"404", b"200"]
+    head, _, body = answers[0].partition(b"\r\n\r\n")
+    assert b"Content-Length: 9" in head
+    assert body == b""  # HEAD: the length of the body, not the body
+    assert answers[2].endswith(b"\r\n\r\nHealthy.\n")
+
+
+def test_at_the_connection_limit_the_longest_idle_connection_makes_room() -> None:
+    server = HttpServer(ExporterApp(CollectorRegistry(), lambda: {}), "127.0.0.1", 0, None, 3)
+    server.start()
+    address = ("127.0.0.1", server.port)
+    try:
+        with contextlib.ExitStack() as stack:
+            first, second, third = (
+                stack.enter_context(socket.create_connection(address, timeout=5)) for _ in "abc"
+            )
+            first.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")  # now the most recent
+            assert first.recv(65536).startswith(b"HTTP/1.1 200 ")
+            fourth = stack.enter_context(socket.create_connection(address, timeout=5))
+            fourth.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert fourth.recv(65536).startswith(b"HTTP/1.1 200 ")
+            assert second.recv(65536) == b""  # idle the longest: closed
+            for kept in (first, third, fourth):
+                kept.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert kept.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        server.stop()
+
+
+def test_remembered_credentials_do_not_wait_for_wrong_passwords() -> None:
+    password = b"correct horse battery staple"
+    hashed = bcrypt.hashpw(password, bcrypt.gensalt(10))  # tens of milliseconds a check
+    config = WebConfig(basic_auth_users={"alice": hashed})
+    server = HttpServer(ExporterApp(CollectorRegistry(), lambda: {}), "127.0.0.1", 0, config)
+    server.start()
+    url = f"http://127.0.0.1:{server.port}"
+    wrong = "Basic " + base64.b64encode(b"alice:guess").decode()
+    try:
+        with httpx.Client(auth=("alice", password.decode()), timeout=30) as prometheus:
+            assert prometheus.get(f"{url}/metrics").status_code == 200  # checked, remembered
+            with contextlib.ExitStack() as stack:
+                guesses = [
+                    stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+                    for _ in range(40)
+                ]
+                with selectors.DefaultSelector() as waiting:
+                    for guess in guesses:
+                        guess.sendall(f"GET / HTTP/1.1\r\nAuthorization: {wrong}\r\n\r\n".encode())
+                        waiting.register(guess, selectors.EVENT_READ)
+                    assert waiting.select(timeout=30)  # a guess is answered: all have been read
+                assert prometheus.get(f"{url}/metrics").status_code == 200
+                answered = 0
+                for guess in guesses:
+                    guess.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        answered += guess.recv(1, socket.MSG_PEEK) != b""
+                # One bcrypt check at a time: most guesses still wait, and the scrape did not.
+                assert answered < len(guesses) / 2
+    finally:
+        server.stop()
