@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from conftest import RunningExporter
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -504,8 +505,13 @@ def test_dashboard_provisioning_is_a_file_provider() -> None:
     assert provider["options"]["path"].startswith("/")
 
 
-def test_every_metric_in_the_dashboard_is_served_by_the_exporter(demo_exporter: str) -> None:
-    samples = served_samples(demo_exporter)
+def test_every_metric_in_the_dashboard_is_served_by_the_exporter(
+    exporter: RunningExporter,
+) -> None:
+    # In process against the simulated API: the same /metrics as `--demo`, without the
+    # start of a second interpreter.
+    assert exporter.poll().up
+    samples = served_samples(exporter.url)
     served = {sample.name for sample in samples}
     assert "magnet_up" in served, "the exporter's /metrics looks wrong"
     for query in dashboard_queries(load_dashboard()):

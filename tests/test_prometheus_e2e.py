@@ -4,8 +4,9 @@ The Debian `prometheus` binary runs on loopback with a temporary data directory,
 scrape and evaluation interval, the job `magnet` and `prometheus/alerts.yml`. Every
 dashboard query, with its variables filled in as Grafana would, must return a series with
 a finite value (except the queries that are empty by nature, named with the reason in
-test_dashboard.EMPTY_BY_NATURE: those must return data without their `offset 1w`), and
-every alert rule must be evaluated with health `ok`.
+test_dashboard.EMPTY_BY_NATURE: those must return data without their `offset 1w`), every
+alert rule must be evaluated with health `ok`, and the stuck-session rule must find the
+demo's stuck sessions in the series as Prometheus ingested them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import background_process, free_port
+from conftest import background_process, exporter_env, free_port
 from test_dashboard import EMPTY_BY_NATURE, Query, dashboard_queries, load_dashboard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +34,11 @@ ALERTS = REPO_ROOT / "prometheus" / "alerts.yml"
 # default of 60 s over a 15 s scrape interval does in production.
 RATE_INTERVAL = "20s"
 DEADLINE_SECONDS = 40
+# Prometheus 2 hands discovered targets to the scrape manager every 5 s, so its first scrape
+# comes about 5 s after it starts. The poll-duration quantiles need a poll between two
+# scrapes, and the demo polls every 5 s: the exporter starts this long after Prometheus is
+# ready, so that its first poll is scraped and its second one follows soon after.
+EXPORTER_START_DELAY_SECONDS = 1.5
 # Alerts about the exporter's health: none may be pending or firing against the demo.
 HEALTH_ALERTS = {
     "MagnetExporterDown",
@@ -48,9 +55,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def prometheus(demo_exporter: str, tmp_path: Path) -> Iterator[str]:
-    """A Prometheus server scraping the demo exporter as job `magnet`; yields its URL."""
-    exporter_address = demo_exporter.removeprefix("http://")
+def prometheus(tmp_path: Path) -> Iterator[str]:
+    """A Prometheus server scraping a demo exporter as job `magnet`; yields its URL."""
+    exporter_address = f"127.0.0.1:{free_port()}"
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
@@ -71,8 +78,22 @@ def prometheus(demo_exporter: str, tmp_path: Path) -> Iterator[str]:
         "--log.level=warn",
     ]
     log_path = tmp_path / "prometheus.log"
+    exporter = [
+        sys.executable,
+        "-m",
+        "magnet_exporter",
+        "--demo",
+        f"--listen-address={exporter_address}",
+    ]
     with background_process(command, log_path, f"{base_url}/-/ready") as process:
-        yield base_url
+        time.sleep(EXPORTER_START_DELAY_SECONDS)
+        with background_process(
+            exporter,
+            tmp_path / "exporter.log",
+            f"http://{exporter_address}/-/ready",
+            env=exporter_env(),
+        ):
+            yield base_url
     if process.returncode not in (0, -15):
         print(log_path.read_text()[-4000:])  # shown by pytest on failure
 
@@ -116,6 +137,16 @@ def rules_state(client: httpx.Client) -> list[dict[str, Any]]:
     return [rule for group in groups for rule in group["rules"]]
 
 
+def stuck_rule_expr() -> str:
+    (rule,) = [
+        rule
+        for rule in yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+        if rule["alert"] == "MagnetSessionStuck"
+    ]
+    expr: str = rule["expr"]
+    return expr
+
+
 @pytest.fixture
 def client(prometheus: str) -> Iterator[httpx.Client]:
     """One HTTP client for Prometheus' API (a new client per request costs ~50 ms)."""
@@ -154,11 +185,16 @@ def test_dashboard_queries_return_data_and_rules_are_healthy(client: httpx.Clien
                 expr = without_week_offset(expr)
             pending[(query, selection)] = expr
     rules: list[dict[str, Any]] = []
+    stuck_expr = stuck_rule_expr()
+    stuck: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         pending = {key: expr for key, expr in pending.items() if not has_finite_value(client, expr)}
+        stuck = api(client, "query", query=stuck_expr)["result"]
         rules = rules_state(client)
         evaluated = rules and all(rule["health"] == "ok" for rule in rules)
-        if not pending and evaluated:
+        # The rule itself has seen them too: pending, as its `for` is 15 minutes.
+        stuck_seen = any(r["name"] == "MagnetSessionStuck" and r["alerts"] for r in rules)
+        if not pending and evaluated and stuck and stuck_seen:
             break
         time.sleep(0.25)
     elapsed = time.monotonic() - started
@@ -189,4 +225,12 @@ def test_dashboard_queries_return_data_and_rules_are_healthy(client: httpx.Clien
             assert rule["state"] == "inactive", (
                 f"{rule['name']} is {rule['state']} against the demo"
             )
+
+    # The demo has active sessions idle for more than an hour: the rule's bucket le="3600.0"
+    # is the one Prometheus stored, and the rule counts them.
+    assert stuck, "the MagnetSessionStuck expression found no stuck session of the demo"
+    assert {series["metric"]["organization"] for series in stuck} <= set(organizations)
+    assert all(float(series["value"][1]) >= 1 for series in stuck), stuck
+    (stuck_rule,) = [rule for rule in rules if rule["name"] == "MagnetSessionStuck"]
+    assert stuck_rule["state"] == "pending", stuck_rule
     print(f"every dashboard query had data and every rule was ok after {elapsed:.1f}s")
