@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "status": lambda session: session.get("status"),
@@ -41,6 +41,7 @@ STATS = {
     "humansPromptingNow": Gauge("magnet_humans_prompting", "Prompting.", ["organization"]),
 }
 UP = Gauge("magnet_up", "Last poll succeeded.", ["organization"])
+POLLS = Counter("naive_polls", "Polls.")
 
 
 def poll(
@@ -90,6 +91,7 @@ def main() -> None:
                 poll(http, url, args.organization, labels, gauges)
             except (httpx.HTTPError, ValueError, KeyError):
                 UP.labels(args.organization).set(0)
+            POLLS.inc()
             time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 
 

@@ -62,6 +62,19 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of `pid`, its reaped children, and its live descendants."""
+    ticks = 0
+    for member in (pid, *descendants(pid)):
+        try:
+            stat = (PROC / str(member) / "stat").read_text()
+        except OSError:
+            continue  # ended while we looked (and then its time is its parent's cutime)
+        # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), after the command name.
+        ticks += sum(int(field) for field in stat.rpartition(")")[2].split()[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     """CPU model, cores, RAM and Python version of this machine."""
     model = "unknown CPU"

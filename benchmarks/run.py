@@ -28,7 +28,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import api
-from benchmarks.procfs import descendants, machine
+from benchmarks.procfs import descendants, machine, tree_cpu_seconds, tree_rss
 from benchmarks.scrape import Load, combined, scrape_load
 from magnet_exporter.model import SnapshotParser
 
@@ -46,6 +46,10 @@ MEMORY_TARGET = 2.0
 BUSY_P99_TARGET = 3.0
 BUSY_P99_LIMIT = 0.050
 RSS_TARGET = 1.1
+FOOTPRINT_RSS_TARGET = 1.4
+FOOTPRINT_CPU_TARGET = 1.5
+FOOTPRINT_INTERVAL = 5.0
+"""Seconds between polls in the footprint measurement: the shortest the exporter allows."""
 READY_SECONDS = 60.0
 
 
@@ -400,6 +404,82 @@ def poll_rows(options: argparse.Namespace, api_url: str, workdir: Path) -> list[
     ]
 
 
+# --- 6 and 7. Footprint of a small organization: all processes' memory and CPU per poll -------
+
+
+def poll_count(url: str, name: str) -> float:
+    """The sum of the samples called `name` on `url` (a poll counter)."""
+    text = httpx.get(url, timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def footprint_rows(options: argparse.Namespace, workdir: Path) -> list[Row]:
+    """Memory of every process, and CPU per poll, of both exporters polling a small body."""
+    sessions, interval, polls = (
+        options.footprint_sessions,
+        FOOTPRINT_INTERVAL,
+        options.footprint_polls,
+    )
+    api_port, ours_port, naive_port = free_port(), free_port(), free_port()
+    api_url = f"http://127.0.0.1:{api_port}"
+    ours_command = ["-m", "magnet_exporter", "--api-url", api_url, "--log-level", "warning"]
+    ours_command += ["--listen-address", f"127.0.0.1:{ours_port}"]
+    ours_command += ["--poll-interval", str(interval)]
+    naive_command = ["-m", "benchmarks.naive_exporter", "--api-url", api_url]
+    naive_command += ["--port", str(naive_port), "--organization", ORGANIZATION]
+    naive_command += ["--interval", str(interval)]
+    env = child_env(MAGNET_API_KEY=API_KEY)
+    urls = (f"http://127.0.0.1:{ours_port}/metrics", f"http://127.0.0.1:{naive_port}/metrics")
+    counters = ("magnet_exporter_polls_total", "naive_polls_total")
+    api_command = ["-m", "benchmarks.api", "--sessions", str(sessions), "--port", str(api_port)]
+    with child(api_command, workdir) as api_server:
+        wait_until(api_server, f"{api_url}/api/sessions", lambda r: r.status_code == 200)
+        with child(ours_command, workdir, env) as ours, child(naive_command, workdir, env) as naive:
+            progress(f"footprint: both exporters poll {sessions:,} sessions every {interval:.0f} s")
+            for process, url in zip((ours, naive), urls, strict=True):
+                wait_until(process, url, serves_sessions)
+            check_same_series(*urls)
+            pids = (ours.pid, naive.pid)
+            # Counted before the CPU time and after it: the scrapes are outside the window.
+            first = [poll_count(url, name) for url, name in zip(urls, counters, strict=True)]
+            cpu_before = [tree_cpu_seconds(pid) for pid in pids]
+            # Both have made `polls` polls by then, the first one at start.
+            time.sleep(interval * (polls - first[0]) + interval / 2)
+            cpu_after = [tree_cpu_seconds(pid) for pid in pids]
+            rss = [tree_rss(pid) for pid in pids]
+            last = [poll_count(url, name) for url, name in zip(urls, counters, strict=True)]
+    done = [after - before for after, before in zip(last, first, strict=True)]
+    if min(done) < 1:
+        raise BenchmarkError(f"footprint: polls during the window: {done}")
+    per_poll = [
+        (after - before) / count
+        for after, before, count in zip(cpu_after, cpu_before, done, strict=True)
+    ]
+    return [
+        Row(
+            f"resident memory, all processes, after {polls} polls of {sessions:,} sessions",
+            mb(rss[0]),
+            f"{mb(rss[1])} naive",
+            rss[0] / rss[1],
+            f"<= {FOOTPRINT_RSS_TARGET}",
+            rss[0] <= FOOTPRINT_RSS_TARGET * rss[1],
+        ),
+        Row(
+            f"CPU per poll, all processes, {sessions:,} sessions",
+            ms(per_poll[0]),
+            f"{ms(per_poll[1])} naive",
+            per_poll[0] / per_poll[1],
+            f"<= {FOOTPRINT_CPU_TARGET}",
+            per_poll[0] <= FOOTPRINT_CPU_TARGET * per_poll[1],
+        ),
+    ]
+
+
 # --- The run and its table ---------------------------------------------------------------------
 
 
@@ -425,6 +505,7 @@ def measure(options: argparse.Namespace) -> list[Row]:
             wait_until(api_server, f"{api_url}/api/sessions", lambda r: r.status_code == 200)
             rows += scrape_rows(options, api_url, workdir)
             rows += poll_rows(options, api_url, workdir)
+        rows += footprint_rows(options, workdir)
     return rows
 
 
@@ -469,7 +550,7 @@ def sizes(text: str) -> tuple[int, ...]:
 
 
 def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line; the defaults are the figures of the README."""
+    """The command line; the defaults are the figures of docs/design.md."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     add = parser.add_argument
     add(
@@ -495,7 +576,21 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
         default=10,
         help="polls before the idle scrapes and the first memory figure (default 10)",
     )
+    add(
+        "--footprint-sessions",
+        type=int,
+        default=1_000,
+        help="sessions of the small organization whose footprint is measured (default 1000)",
+    )
+    add(
+        "--footprint-polls",
+        type=int,
+        default=10,
+        help=f"polls, {FOOTPRINT_INTERVAL:.0f} s apart, before the footprint figures (default 10)",
+    )
     options = parser.parse_args(argv)
+    if options.footprint_polls < 2:
+        parser.error("--footprint-polls must be at least 2")
     if not 1 <= options.first_polls < options.polls:
         parser.error("--first-polls must be at least 1 and less than --polls")
     return options

@@ -15,6 +15,8 @@ SMOKE_OPTIONS = [
     "--poll-sessions=1000",
     "--polls=6",
     "--first-polls=3",
+    "--footprint-sessions=200",
+    "--footprint-polls=2",
 ]
 EXPECTED_ROWS = [
     "poll processing CPU, 200 sessions (0.2 MB)",
@@ -30,6 +32,8 @@ EXPECTED_ROWS = [
     "/metrics p99, 1 client, during polls vs idle (1,000 sessions)",
     "resident memory after 6 polls vs after 3",
     "time per poll, 1,000 sessions",
+    "resident memory, all processes, after 2 polls of 200 sessions",
+    "CPU per poll, all processes, 200 sessions",
 ]
 
 
