@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
-from magnet_exporter.model import SessionGroup, Snapshot
+from magnet_exporter.model import (
+    DURATION_BUCKETS,
+    IDLE_BUCKETS,
+    GaugeHistogram,
+    SessionGroup,
+    Snapshot,
+)
 from magnet_exporter.series import OTHER, SessionSeries
 
 
@@ -87,3 +94,58 @@ def test_the_guard_counts_values_per_label() -> None:
     authors = {key[1] for key in stable.sessions}
     assert len(authors - {OTHER}) == 4  # "unknown" and three ids
     assert sum(g.count for g in stable.sessions.values()) == 10  # nothing is lost
+
+
+def histograms(
+    labels: tuple[str, ...],
+    groups: dict[tuple[str, ...], SessionGroup],
+    durations: dict[tuple[str, ...], GaugeHistogram],
+    idle: dict[tuple[str, ...], GaugeHistogram],
+) -> Snapshot:
+    return dataclasses.replace(
+        snapshot(labels, groups),
+        durations=MappingProxyType(durations),
+        idle=MappingProxyType(idle),
+    )
+
+
+def observed(bucket: int, bounds: tuple[float, ...], total: float) -> GaugeHistogram:
+    counts = [0] * (len(bounds) + 1)
+    counts[bucket] = 1
+    return GaugeHistogram(tuple(counts), total)
+
+
+def test_histograms_have_zero_series_for_finished_statuses_and_the_idle_one_at_zero() -> None:
+    series = SessionSeries(("status", "pr_status", "model"), 100)
+    stable, _ = series.stabilize(snapshot(("status", "pr_status", "model"), {}))
+    empty_durations = GaugeHistogram.empty(DURATION_BUCKETS)
+    assert dict(stable.durations) == {
+        ("completed", "unknown"): empty_durations,
+        ("failed", "unknown"): empty_durations,
+    }
+    assert dict(stable.idle) == {("unknown",): GaugeHistogram.empty(IDLE_BUCKETS)}
+
+
+def test_histograms_without_their_labels_have_one_series() -> None:
+    series = SessionSeries(("pr_status",), 100)
+    stable, _ = series.stabilize(snapshot(("pr_status",), {}))
+    assert list(stable.durations) == [()]
+    assert list(stable.idle) == [()]
+
+
+def test_histogram_series_stay_once_exported_and_fold_like_the_sessions() -> None:
+    labels = ("status", "model")
+    series = SessionSeries(labels, 5)
+    # "unknown" is admitted from the start: four more values fit.
+    groups = {("completed", f"m{i}"): SessionGroup(10 - i, 0) for i in range(6)}
+    durations = {("completed", f"m{i}"): observed(2, DURATION_BUCKETS, 600.0) for i in range(6)}
+    idle = {("m5",): observed(4, IDLE_BUCKETS, 3000.0)}
+    stable, overflowing = series.stabilize(histograms(labels, groups, durations, idle))
+    assert overflowing == ["model"]
+    assert stable.durations[("completed", OTHER)].counts[2] == 2  # m4 and m5
+    assert stable.durations[("completed", "m0")].total == 600.0
+    assert stable.idle[(OTHER,)].counts[4] == 1  # m5 is folded here too
+    later, _ = series.stabilize(histograms(labels, {}, {}, {}))
+    assert later.durations[("completed", "m0")] == GaugeHistogram.empty(DURATION_BUCKETS)
+    assert later.idle[(OTHER,)] == GaugeHistogram.empty(IDLE_BUCKETS)
+    assert set(later.durations) == set(stable.durations)
