@@ -86,6 +86,8 @@ SWEEP_SECONDS = 1.0
 STOP_SECONDS = 1.0
 """How long `stop` waits for the event loop to close every connection."""
 TLS_READ_BYTES = 65536
+ACCEPT_WARNING_SECONDS = 10.0
+"""At most one warning in this time while connections cannot be accepted (no file left)."""
 
 
 class ExporterApp:
@@ -431,6 +433,8 @@ class _Hub:
         self.held = 0
         """Bytes of unfinished heads held by the connections."""
         self.stopping = False
+        self.quiet_until = 0.0
+        """Until when a failing accept is not logged again."""
         self.limits = (
             (self.heads, HEAD_TIMEOUT_SECONDS),
             (self.idle, IDLE_CONNECTION_SECONDS),
@@ -499,6 +503,25 @@ class _Hub:
         # RuntimeError: the loop is closed, as the server has stopped, and the connection with it.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(connection.answered, data, close)
+
+    def problem(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        """Log what asyncio could not hand to a connection (its exception handler)."""
+        error = context.get("exception")
+        if isinstance(error, OSError) and "out of system resource" in str(context.get("message")):
+            # Out of file descriptors: asyncio stops accepting for a second, then tries again.
+            # It reports this once per connection waiting, so it is logged once in a while.
+            now = time.monotonic()
+            if now >= self.quiet_until:
+                self.quiet_until = now + ACCEPT_WARNING_SECONDS
+                log.warning(
+                    "cannot accept connections for now; trying again every second",
+                    extra={"error": str(error), "open_connections": len(self.every)},
+                )
+            return
+        log.error(
+            "HTTP server problem",
+            extra={"problem": str(context.get("message")), "error": repr(error)},
+        )
 
     def shutdown(self, server: asyncio.AbstractServer, loop: asyncio.AbstractEventLoop) -> None:
         """Stop accepting, drop every connection at once, then stop the loop."""
@@ -792,18 +815,6 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _log_loop_problem(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-    error = context.get("exception")
-    if isinstance(error, OSError) and "out of system resource" in str(context.get("message")):
-        # asyncio stops accepting for a second, then tries again: the server lives on.
-        log.warning("cannot accept connections for now", extra={"error": str(error)})
-        return
-    log.error(
-        "HTTP server problem",
-        extra={"problem": str(context.get("message")), "error": repr(error)},
-    )
-
-
 class HttpServer:
     """Serves the app on host:port from a background thread, as the web configuration says.
 
@@ -873,7 +884,7 @@ class HttpServer:
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
         try:
-            loop.set_exception_handler(_log_loop_problem)
+            loop.set_exception_handler(self._hub.problem)
             hub = self._hub
             server = loop.run_until_complete(
                 loop.create_server(
