@@ -54,6 +54,19 @@ def wait_for_status(url: str, status: int, timeout: float) -> None:
     pytest.fail(f"{url} did not answer {status} within {timeout}s (last: {last})")
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Check `condition` every 10 ms until it holds, or fail the test after `timeout` seconds.
+
+    The timeout only keeps a broken test from hanging: it is far above what a loaded machine
+    needs, so the test proves behaviour, not speed.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.01)
+
+
 def exporter_env(**extra: str) -> dict[str, str]:
     """Environment for an exporter subprocess: no inherited MAGNET_ settings, no .env lookup."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAGNET_")}

@@ -167,6 +167,7 @@ def test_stale_data_is_dropped_but_health_metrics_stay(
         "magnet_exporter_last_success_timestamp_seconds",
         "magnet_exporter_polls",
         "magnet_exporter_requests",
+        "magnet_exporter_invalid_values",
         "magnet_exporter_poll_duration_seconds",
     }
     assert exporter.value("magnet_up") == 0
