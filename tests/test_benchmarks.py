@@ -22,6 +22,7 @@ EXPECTED_ROWS = [
     "poll processing CPU, 200 sessions (0.2 MB)",
     "poll processing CPU, 500 sessions (0.4 MB)",
     "poll processing CPU, 1,000 sessions (0.8 MB)",
+    "poll processing CPU, 1,000 sessions, 1% with a bad value",
     "peak memory added / body size, 1,000 sessions",
     "/metrics, 1 client: requests/s",
     "/metrics, 1 client: p50",
