@@ -9,6 +9,7 @@ import html
 import http.client
 import selectors
 import socket
+import time
 
 import bcrypt
 import httpx
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from magnet_exporter import __version__
+from magnet_exporter import server as server_module
 from magnet_exporter.demo import DemoApiServer, Fault
 from magnet_exporter.server import ExporterApp, HttpServer
 from magnet_exporter.webconfig import WebConfig
@@ -266,5 +268,55 @@ def test_remembered_credentials_do_not_wait_for_wrong_passwords() -> None:
                         answered += guess.recv(1, socket.MSG_PEEK) != b""
                 # One bcrypt check at a time: most guesses still wait, and the scrape did not.
                 assert answered < len(guesses) / 2
+    finally:
+        server.stop()
+
+
+def serve_with_deadlines(
+    monkeypatch: pytest.MonkeyPatch, head_seconds: float, idle_seconds: float
+) -> HttpServer:
+    monkeypatch.setattr(server_module, "HEAD_TIMEOUT_SECONDS", head_seconds)
+    monkeypatch.setattr(server_module, "IDLE_CONNECTION_SECONDS", idle_seconds)
+    server = HttpServer(ExporterApp(CollectorRegistry(), lambda: {}), "127.0.0.1", 0)
+    server.start()
+    return server
+
+
+HEALTHY = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_idle_connections_are_closed_after_the_idle_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = serve_with_deadlines(monkeypatch, head_seconds=30, idle_seconds=1.5)
+    address = ("127.0.0.1", server.port)
+    try:
+        with (
+            socket.create_connection(address, timeout=10) as silent,
+            socket.create_connection(address, timeout=10) as served,
+        ):
+            started = time.monotonic()
+            served.sendall(HEALTHY)
+            assert served.recv(65536).startswith(b"HTTP/1.1 200 ")
+            assert silent.recv(1) == b""
+            assert served.recv(1) == b""
+            assert 1.5 <= time.monotonic() - started < 5
+    finally:
+        server.stop()
+
+
+def test_a_kept_alive_connection_waits_for_its_next_request_past_the_head_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = serve_with_deadlines(monkeypatch, head_seconds=1, idle_seconds=30)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            connection.sendall(HEALTHY)
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(2.5)  # past the head deadline and the sweep's step: idle, not stalled
+            connection.sendall(HEALTHY)
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200 ")
+            connection.sendall(HEALTHY[:10])  # a head begun and left unfinished
+            started = time.monotonic()
+            assert connection.recv(1) == b""
+            assert time.monotonic() - started < 5
     finally:
         server.stop()
