@@ -74,7 +74,8 @@ not answer faster; a few keep a slow answer from holding up the others."""
 HTTP_THREADS = 1 + WORKER_THREADS + 1
 """Threads of the server at most: the event loop, the workers, and one that checks basic auth
 credentials not seen before (bcrypt), so that a flood of wrong passwords does not hold up the
-workers. The exporter's threads: 1 (main) + one per organization (pollers) + HTTP_THREADS."""
+workers. The exporter's threads: 1 (main) + one per organization (pollers) + HTTP_THREADS, and
+with `--demo` the simulated API's: 1 + one per request it is answering."""
 DEFAULT_MAX_CONNECTIONS = 20_000
 """Open connections at most; at the limit, a new connection closes the one that has waited
 longest without a request being answered (see `HttpServer`)."""
@@ -395,7 +396,7 @@ _BUSY = 2  # a worker is answering
 _SENDING = 3  # the answer waits in the send buffer for a slow client
 _CLOSED = 4
 
-Queue = collections.OrderedDict["_Connection", None]
+_Queue = collections.OrderedDict["_Connection", None]
 
 
 class _Hub:
@@ -427,9 +428,9 @@ class _Hub:
         )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.every: set[_Connection] = set()
-        self.heads: Queue = collections.OrderedDict()
-        self.idle: Queue = collections.OrderedDict()
-        self.sending: Queue = collections.OrderedDict()
+        self.heads: _Queue = collections.OrderedDict()
+        self.idle: _Queue = collections.OrderedDict()
+        self.sending: _Queue = collections.OrderedDict()
         self.held = 0
         """Bytes of unfinished heads held by the connections."""
         self.stopping = False
@@ -566,7 +567,7 @@ class _Connection(asyncio.Protocol):
         self._hub = hub
         self._tls: _Tls | None = None
         self._state = _HEAD
-        self._queue: Queue | None = None
+        self._queue: _Queue | None = None
         self.since = 0.0
         """When the connection entered its queue: its deadline counts from then."""
         self._buffer = b""
@@ -762,7 +763,7 @@ class _Connection(asyncio.Protocol):
 
     # Bookkeeping
 
-    def _enter(self, queue: Queue) -> None:
+    def _enter(self, queue: _Queue) -> None:
         if self._queue is not None:
             del self._queue[self]
         self.since = time.monotonic()
