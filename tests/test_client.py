@@ -13,7 +13,7 @@ from email.utils import formatdate
 
 import httpx
 import pytest
-from conftest import FIXED_NOW, SECRET_KEY, FakeClock, free_port
+from conftest import FIXED_NOW, SECRET_KEY, FakeClock, free_port, stop_promptly
 from pydantic import SecretStr
 
 from magnet_exporter import __version__
@@ -49,7 +49,7 @@ def faulty_api(rates: FaultRates) -> Iterator[DemoApiServer]:
     try:
         yield server
     finally:
-        server.stop()
+        stop_promptly(server)
 
 
 def fetch_error(magnet: MagnetClient, deadline: float | None = None) -> PollError:
