@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -28,6 +29,49 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # As `magnet-exporter` does at start: no `*_created` series.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+ALONE_MODULES = frozenset({"test_flood.py"})
+"""Modules whose tests all run alone, as if marked `alone` (see `run_alone_if_marked`)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of `ALONE_MODULES` to run alone."""
+    for item in items:
+        if item.path.name in ALONE_MODULES:
+            item.add_marker(pytest.mark.alone)
+
+
+@pytest.fixture(autouse=True)
+def run_alone_if_marked(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """With pytest-xdist, a test marked `alone` runs while no other test runs in any worker.
+
+    Such tests open thousands of connections (which take the ephemeral ports that other tests'
+    servers are about to bind) or load the machine on purpose. A readers-writer lock shared by
+    the workers: each test holds the run lock shared, a test marked `alone` holds it exclusive.
+    The gate lets an `alone` test in as soon as the tests under way end: while it waits at the
+    gate's far side, no other test can take the run lock. Without xdist tests run one at a
+    time anyway, and nothing is locked.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # the same for every worker of this run
+    alone = request.node.get_closest_marker("alone") is not None
+    with (shared / "gate.lock").open("a") as gate, (shared / "run.lock").open("a") as run:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(run, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(run, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 def free_port() -> int:

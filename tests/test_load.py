@@ -4,8 +4,8 @@ Every response must be a 200 whose body prometheus-client's parser reads (half t
 for OpenMetrics as Prometheus does, half for the text format), and every scrape must see one
 whole poll. Bodies are parsed after the load, so that the scrapers measure the exporter rather
 than the parser. The load lasts until a poll has run during it, however long that takes on a
-loaded machine. The request count and latency percentiles are printed (`pytest -s` shows them);
-they are information, not assertions: timings belong in the benchmarks.
+loaded machine. The request count and latency percentiles are printed (`pytest -n 0 -s` shows
+them); they are information, not assertions: timings belong in the benchmarks.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
 from magnet_exporter.demo import LISTED_SESSIONS
+
+pytestmark = pytest.mark.alone  # 50 scrapers load the machine: no other test runs meanwhile
 
 SCRAPERS = 50
 LOAD_LIMIT_SECONDS = 60
