@@ -30,16 +30,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # As `magnet-exporter` does at start: no `*_created` series.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-ALONE_MODULES = frozenset({"test_flood.py"})
-"""Modules whose tests all run alone, as if marked `alone` (see `run_alone_if_marked`)."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of `ALONE_MODULES` to run alone."""
-    for item in items:
-        if item.path.name in ALONE_MODULES:
-            item.add_marker(pytest.mark.alone)
-
 
 @pytest.fixture(autouse=True)
 def run_alone_if_marked(

@@ -256,6 +256,9 @@ def test_workers_do_not_outlive_a_killed_exporter(tmp_path: Path) -> None:
     command.append("--worker-threshold-bytes=0")  # the demo's answers are small: a worker always
     log = tmp_path / "exporter.log"
     with background_process(command, log, f"http://{address}/-/ready", exporter_env()) as run:
+        deadline = time.monotonic() + 10.0
+        while not children(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         (worker_pid,) = children(run.pid)
         run.kill()  # as the OOM killer would: no chance to stop the worker
         run.wait()
