@@ -84,8 +84,7 @@ _OPTIONS: Sequence[tuple[str, type, str, str]] = (
         "max_connections",
         int,
         "N",
-        "open HTTP connections at most; past it the longest-waiting one is closed "
-        "(default 20000)",
+        "open HTTP connections at most; past it the longest-waiting one is closed (default 20000)",
     ),
     (
         "worker_threshold_bytes",
