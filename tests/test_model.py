@@ -191,12 +191,11 @@ GOOD = {
     "messageCount": 5,
 }
 BAD_BASE = {
+    **GOOD,
     "status": "failed",
     "model": "m2",
     "metadata": {"prStatus": "open", "repository": "r2"},
     "author": {"id": "u2"},
-    "createdAt": RECENT,
-    "updatedAt": RECENT,
     "messageCount": 7,
 }
 BAD_LABELS = ("failed", "open", "m2", "r2", "u2")

@@ -39,6 +39,35 @@ STATS_METRICS = (
 )
 """API stats field, metric name and help text of each organization stat."""
 
+ORGANIZATION_METRICS = (
+    (
+        "oldest_active_created",
+        "magnet_active_session_oldest_created_timestamp_seconds",
+        "Unix time at which the oldest active session was created.",
+    ),
+    (
+        "authors_past_day",
+        "magnet_session_authors_past_day",
+        "Distinct authors of the sessions active in the past 24 hours.",
+    ),
+    (
+        "authors_past_week",
+        "magnet_session_authors_past_week",
+        "Distinct authors of the sessions active in the past 7 days.",
+    ),
+    (
+        "last_created",
+        "magnet_session_last_created_timestamp_seconds",
+        "Unix time at which the newest session was created.",
+    ),
+    (
+        "last_updated",
+        "magnet_session_last_updated_timestamp_seconds",
+        "Unix time of the most recent session update.",
+    ),
+)
+"""Snapshot field, metric name and help text of each per-organization session gauge."""
+
 States = Callable[[], Mapping[str, PollState]]
 """The current poll state of each organization, by the value of its `organization` label."""
 
@@ -171,26 +200,10 @@ class _DataFamilies:
             "Time since the last activity of each active session." + AS_OF,
             labels=["organization", *(n for n in label_names if n in IDLE_LABELS)],
         )
-        self._oldest_active = _gauge(
-            "magnet_active_session_oldest_created_timestamp_seconds",
-            "Unix time at which the oldest active session was created." + AS_OF,
-        )
-        self._authors_day = _gauge(
-            "magnet_session_authors_past_day",
-            "Distinct authors of the sessions active in the past 24 hours." + AS_OF,
-        )
-        self._authors_week = _gauge(
-            "magnet_session_authors_past_week",
-            "Distinct authors of the sessions active in the past 7 days." + AS_OF,
-        )
-        self._created = _gauge(
-            "magnet_session_last_created_timestamp_seconds",
-            "Unix time at which the newest session was created." + AS_OF,
-        )
-        self._updated = _gauge(
-            "magnet_session_last_updated_timestamp_seconds",
-            "Unix time of the most recent session update." + AS_OF,
-        )
+        self._organization = {
+            field: _gauge(name, documentation + AS_OF)
+            for field, name, documentation in ORGANIZATION_METRICS
+        }
 
     def add(self, organization: str, snapshot: Snapshot) -> None:
         """Add one organization's samples."""
@@ -206,14 +219,10 @@ class _DataFamilies:
             _add_histogram(self._durations, [organization, *key], histogram, DURATION_BUCKETS)
         for key, histogram in snapshot.idle.items():
             _add_histogram(self._idle, [organization, *key], histogram, IDLE_BUCKETS)
-        if snapshot.oldest_active_created is not None:
-            self._oldest_active.add_metric([organization], snapshot.oldest_active_created)
-        self._authors_day.add_metric([organization], snapshot.authors_past_day)
-        self._authors_week.add_metric([organization], snapshot.authors_past_week)
-        if snapshot.last_created is not None:
-            self._created.add_metric([organization], snapshot.last_created)
-        if snapshot.last_updated is not None:
-            self._updated.add_metric([organization], snapshot.last_updated)
+        for field, family in self._organization.items():
+            value = getattr(snapshot, field)
+            if value is not None:  # no active session: no oldest one, rather than a made-up 0
+                family.add_metric([organization], value)
 
     def families(self) -> Iterator[Metric]:
         """Every family, empty ones included (the caller drops those)."""
@@ -225,12 +234,8 @@ class _DataFamilies:
             self._created_week,
             self._durations,
             self._idle,
-            self._oldest_active,
-            self._authors_day,
-            self._authors_week,
-            self._created,
-            self._updated,
         )
+        yield from self._organization.values()
 
 
 def _add_histogram(
