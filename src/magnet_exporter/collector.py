@@ -22,6 +22,7 @@ from magnet_exporter.model import (
     IDLE_LABELS,
     GaugeHistogram,
     Snapshot,
+    kept,
 )
 from magnet_exporter.poller import Clock, PollState
 
@@ -193,12 +194,12 @@ class _DataFamilies:
             "magnet_session_duration_seconds",
             "Duration (updatedAt - createdAt) of the completed and failed sessions whose last "
             "activity is in the past 7 days." + AS_OF,
-            labels=["organization", *(n for n in label_names if n in DURATION_LABELS)],
+            labels=["organization", *(label_names[i] for i in kept(label_names, DURATION_LABELS))],
         )
         self._idle = GaugeHistogramMetricFamily(
             "magnet_active_session_idle_seconds",
             "Time since the last activity of each active session." + AS_OF,
-            labels=["organization", *(n for n in label_names if n in IDLE_LABELS)],
+            labels=["organization", *(label_names[i] for i in kept(label_names, IDLE_LABELS))],
         )
         self._organization = {
             field: _gauge(name, documentation + AS_OF)

@@ -95,6 +95,11 @@ def _nested_fields(label_names: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return {field: tuple(inner) for field, inner in nested.items()}
 
 
+def kept(label_names: Sequence[str], histogram_labels: Sequence[str]) -> tuple[int, ...]:
+    """Return the positions of the session labels that a histogram keeps, in their order."""
+    return tuple(i for i, name in enumerate(label_names) if name in histogram_labels)
+
+
 def checked_fields(label_names: Sequence[str]) -> tuple[str, ...]:
     """Every field path whose unreadable values are counted, for the configured labels."""
     paths = ["sessions"]
@@ -162,24 +167,14 @@ class Snapshot:
     last_created: float | None
     last_updated: float | None
     durations: Mapping[tuple[str, ...], GaugeHistogram] = dataclasses.field(default_factory=_empty)
-    """Durations of the sessions finished in the past week, by `duration_labels` values."""
+    """Durations of the sessions finished in the past week, by `kept(DURATION_LABELS)` values."""
     idle: Mapping[tuple[str, ...], GaugeHistogram] = dataclasses.field(default_factory=_empty)
-    """Time since the last activity of active sessions, by `idle_labels` values."""
+    """Time since the last activity of active sessions, by `kept(IDLE_LABELS)` values."""
     oldest_active_created: float | None = None
     authors_past_day: int = 0
     authors_past_week: int = 0
     invalid: Mapping[str, int] = dataclasses.field(default_factory=_empty)
     """Values read as missing because they were unreadable, by field path."""
-
-    @property
-    def duration_labels(self) -> tuple[str, ...]:
-        """The labels of `durations`: the session labels among status and model."""
-        return tuple(name for name in self.label_names if name in DURATION_LABELS)
-
-    @property
-    def idle_labels(self) -> tuple[str, ...]:
-        """The labels of `idle`: model, if it is a session label."""
-        return tuple(name for name in self.label_names if name in IDLE_LABELS)
 
     def __reduce__(self) -> tuple[Callable[..., Snapshot], tuple[Any, ...]]:
         """Pickle as plain dicts: snapshots come back from poll workers."""
@@ -434,7 +429,8 @@ class SnapshotParser:
             if inner
         }
         self._grouping = _Grouping(self.label_names, list(self._nested))
-        self.checked_fields = checked_fields(self.label_names)
+        self._duration_at = kept(self.label_names, DURATION_LABELS)
+        self._idle_at = kept(self.label_names, IDLE_LABELS)
 
     def parse(self, body: bytes | bytearray, now: float) -> Snapshot:
         """Read a body and aggregate it as of `now` (Unix time) in one pass.
@@ -468,9 +464,6 @@ class SnapshotParser:
         last_updated: float | None,
         invalid: _Invalid,
     ) -> Snapshot:
-        positions = {name: i for i, name in enumerate(self.label_names)}
-        duration_at = [positions[n] for n in self.label_names if n in DURATION_LABELS]
-        idle_at = [positions[n] for n in self.label_names if n in IDLE_LABELS]
         groups: dict[tuple[str, ...], SessionGroup] = {}
         durations: dict[tuple[str, ...], GaugeHistogram] = {}
         idle: dict[tuple[str, ...], GaugeHistogram] = {}
@@ -481,9 +474,9 @@ class SnapshotParser:
             )
             groups[key] = groups.get(key, NO_SESSIONS) + counts
             if group.kind == _FINISHED_KIND:
-                _merge(durations, tuple(key[i] for i in duration_at), group.durations)
+                _merge(durations, tuple(key[i] for i in self._duration_at), group.durations)
             elif group.kind == _ACTIVE_KIND:
-                _merge(idle, tuple(key[i] for i in idle_at), group.idle)
+                _merge(idle, tuple(key[i] for i in self._idle_at), group.idle)
         oldest = reduced.oldest_active
         return Snapshot(
             stats=MappingProxyType(_present_stats(stats)),

@@ -19,6 +19,7 @@ from magnet_exporter.model import (
     GaugeHistogram,
     SessionGroup,
     Snapshot,
+    kept,
 )
 
 OTHER = "other"
@@ -72,9 +73,9 @@ class SessionSeries:
         self._idle = self._family(IDLE_LABELS, GaugeHistogram.empty(IDLE_BUCKETS), zero_values)
 
     def _family(
-        self, kept: Sequence[str], zero: GaugeHistogram, zero_values: Sequence[Sequence[str]]
+        self, labels: Sequence[str], zero: GaugeHistogram, zero_values: Sequence[Sequence[str]]
     ) -> _Family[GaugeHistogram]:
-        positions = [i for i, name in enumerate(self.label_names) if name in kept]
+        positions = kept(self.label_names, labels)
         values = [
             # Only finished sessions have a duration: no series for active ones.
             [v for v in zero_values[i] if v in FINISHED_STATUSES] or list(FINISHED_STATUSES)

@@ -529,7 +529,7 @@ class _Hub:
         self.stopping = True
         server.close()
         for connection in list(self.every):
-            connection.abort()
+            connection.expire()
         loop.call_soon(loop.stop)  # after the connections' own callbacks, queued before it
 
 
@@ -648,10 +648,6 @@ class _Connection(asyncio.Protocol):
         self._leave()
         self._hold(b"")
         self._transport.abort()
-
-    def abort(self) -> None:
-        """Close at once, whatever the state: the server stops."""
-        self.expire()
 
     # The request cycle
 

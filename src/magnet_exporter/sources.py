@@ -222,17 +222,15 @@ class _Worker:
                 self._process.wait()
             self._process = None
 
-    def stop_if_idle(self, idle_seconds: float) -> bool:
-        """Stop the process if it served nothing for `idle_seconds`; True if it was stopped."""
+    def stop_if_idle(self, idle_seconds: float) -> None:
+        """Stop the process if it served nothing for `idle_seconds`."""
         if not self._lock.acquire(blocking=False):
-            return False  # serving a request: not idle
+            return  # serving a request: not idle
         try:
-            if self._process is None or time.monotonic() - self._last_used < idle_seconds:
-                return False
-            pid = self._process.pid
-            self._stop()
-            log.debug("idle poll worker stopped", extra={"pid": pid})
-            return True
+            if self._process is not None and time.monotonic() - self._last_used >= idle_seconds:
+                pid = self._process.pid
+                self._stop()
+                log.debug("idle poll worker stopped", extra={"pid": pid})
         finally:
             self._lock.release()
 
