@@ -14,10 +14,8 @@ import logging
 import math
 import shutil
 import subprocess
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from magnet_exporter.demo import DemoApiServer, Fault
 from magnet_exporter.logs import JsonFormatter, LogfmtFormatter
 
 Factory = Callable[..., RunningExporter]
@@ -40,44 +39,27 @@ MODELS = ("m-a", "m-b")
 
 
 class FixedApi:
-    """Serves one List Sessions body, whatever is asked, on a free loopback port."""
+    """The simulated API answering every request with one body: a canned answer of 200."""
 
-    def __init__(self) -> None:
+    def __init__(self, simulator: DemoApiServer) -> None:
+        self._simulator = simulator
+        self.url = simulator.url
         self.body = b'{"sessions": []}'
-        api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(api.body)))
-                self.end_headers()
-                self.wfile.write(api.body)
+    @property
+    def body(self) -> bytes:
+        fault = self._simulator.fault
+        assert fault is not None
+        return fault.body
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._http.serve_forever, args=(0.05,))
-        self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
-
-    def start(self) -> FixedApi:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-        self._thread.join(timeout=2)
+    @body.setter
+    def body(self, body: bytes) -> None:
+        self._simulator.fault = Fault(200, body)
 
 
 @pytest.fixture
-def api() -> Iterator[FixedApi]:
-    server = FixedApi().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def api(simulator: DemoApiServer) -> FixedApi:
+    return FixedApi(simulator)
 
 
 def iso(offset: float) -> str:
