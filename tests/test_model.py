@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from magnet_exporter.client import Outcome, PollError
+from magnet_exporter.demo import Population, SimulatedMagnet
 from magnet_exporter.model import SessionGroup, parse_snapshot
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "api" / "list-sessions.example.json"
@@ -392,3 +394,28 @@ def test_nulls_beside_a_bad_value_are_missing_values_not_bad_ones() -> None:
     nested_nulls = {"status": 5, "metadata": {"prStatus": None}, "author": {"id": None}}
     snapshot = parse_snapshot(body([nested_nulls], {"mergesPastWeek": None}), ALL_LABELS, NOW)
     assert dict(snapshot.invalid) == {"sessions.status": 1}
+
+
+def realistic(sessions: int = 2_000) -> dict[str, Any]:
+    magnet = SimulatedMagnet(
+        seed=2, clock=lambda: NOW, listed_sessions=sessions, population=Population()
+    )
+    return magnet.sessions_response("acme")
+
+
+def test_fields_that_are_not_labels_do_not_change_the_sessions_or_histograms() -> None:
+    document = realistic()
+    uniform = copy.deepcopy(document)
+    for item in uniform["sessions"]:
+        item["author"] = {"id": "user_1", "name": "One Person"}
+        item["title"] = "the same title"
+        if item["metadata"]:
+            item["metadata"].update(branch="main", prUrl="https://example.com/pr", prNumber=1)
+    many = parse_snapshot(json.dumps(document).encode(), LABELS, NOW)
+    one = parse_snapshot(json.dumps(uniform).encode(), LABELS, NOW)
+    assert many.authors_past_week > 100
+    assert one.authors_past_week == 1
+    assert many.sessions == one.sessions
+    assert many.durations == one.durations
+    assert many.idle == one.idle
+    assert sum(group.count for group in many.sessions.values()) == len(document["sessions"])
