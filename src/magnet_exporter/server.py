@@ -292,6 +292,8 @@ def _refusal(request: h11.Request) -> _Refusal | None:
     if b"content-length" in names and b"transfer-encoding" in names:
         return _Refusal(400, "Both Content-Length and Transfer-Encoding.")
     for name, value in request.headers:
+        if name == b"content-length" and int(value) > MAX_BODY_BYTES:  # h11 checked the digits
+            return _Refusal(413, "Request body too large.")
         if b"\x7f" in value:  # h11 lets DEL through; RFC 9110 5.5 allows no control character
             return _Refusal(400, "Bad header value.")
         if name == b"host" and not _HOST.fullmatch(value):  # RFC 9112 3.2: 400
