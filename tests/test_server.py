@@ -320,3 +320,18 @@ def test_a_kept_alive_connection_waits_for_its_next_request_past_the_head_deadli
             assert time.monotonic() - started < 5
     finally:
         server.stop()
+
+
+def test_no_cache_on_the_way_keeps_an_answer(exporter: RunningExporter) -> None:
+    exporter.poll()
+    for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+        for encoding in ("gzip", "identity"):
+            metrics = httpx.get(
+                exporter.url + "/metrics",
+                headers={"Accept": accept, "Accept-Encoding": encoding},
+                timeout=5,
+            )
+            assert metrics.headers["vary"] == "Accept, Accept-Encoding"
+            assert metrics.headers["cache-control"] == "no-store"
+    for path in ("/-/healthy", "/-/ready"):
+        assert exporter.get(path).headers["cache-control"] == "no-store", path
