@@ -253,53 +253,38 @@ def _guarded(app: WSGIApplication, config: WebConfig) -> WSGIApplication:
 # --- HTTP/1.1 over the event loop ---------------------------------------------------------------
 
 
-class _Request(NamedTuple):
-    """A request read whole (its body thrown away), ready for the app."""
-
-    environ: WSGIEnvironment
-    line: str
-
-
-class _Refusal(NamedTuple):
-    """A request that cannot be answered by the app: its connection closes after the answer."""
-
-    status: int
-    reason: str
-
-
 class _Answer(NamedTuple):
-    """What the app answered, for the event loop to frame and send."""
+    """An answer for the event loop to frame and send; with `close`, the connection ends."""
 
     status: str
     headers: list[tuple[str, str]]
     body: bytes
     close: bool
-    """The app failed: close the connection after the answer."""
 
 
 # A host is a reg-name, an IPv4 address or an IP literal in brackets, and a port.
 _HOST = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
 
 
-def _refusal(request: h11.Request) -> _Refusal | None:
+def _refusal(request: h11.Request) -> tuple[int, str] | None:
     """Refuse what h11 accepts but RFC 9110 and 9112 do not, or what the app cannot answer."""
     if len(request.headers) > MAX_HEADERS:
-        return _Refusal(431, "Too many headers.")
+        return 431, "Too many headers."
     # h11 frames such a request by Transfer-Encoding and would keep the connection: a proxy
     # in front may have framed it by Content-Length, and read what follows differently
     # (RFC 9112 6.3: the server ought to refuse it, or at least close the connection).
     names = {name for name, _ in request.headers}
     if b"content-length" in names and b"transfer-encoding" in names:
-        return _Refusal(400, "Both Content-Length and Transfer-Encoding.")
+        return 400, "Both Content-Length and Transfer-Encoding."
     for name, value in request.headers:
         if name == b"content-length" and int(value) > MAX_BODY_BYTES:  # h11 checked the digits
-            return _Refusal(413, "Request body too large.")
+            return 413, "Request body too large."
         if b"\x7f" in value:  # h11 lets DEL through; RFC 9110 5.5 allows no control character
-            return _Refusal(400, "Bad header value.")
+            return 400, "Bad header value."
         if name == b"host" and not _HOST.fullmatch(value):  # RFC 9112 3.2: 400
-            return _Refusal(400, "Bad Host header.")
+            return 400, "Bad Host header."
     if request.http_version >= b"2":
-        return _Refusal(505, f"Invalid HTTP version ({request.http_version.decode()}).")
+        return 505, f"Invalid HTTP version ({request.http_version.decode()})."
     return None
 
 
@@ -368,6 +353,7 @@ def _call(
     return status, headers, body
 
 
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
 _FRAMING = frozenset({"connection", "content-length", "keep-alive", "transfer-encoding"})
 """Headers of the app's that h11 and the server set themselves."""
 
@@ -387,13 +373,6 @@ def _head(
     if close:
         fields.append((b"Connection", b"close"))
     return h11.Response(status_code=int(code), headers=fields, reason=reason.encode("latin-1"))
-
-
-def _refusal_answer(refusal: _Refusal, headers: Iterable[tuple[str, str]]) -> _Answer:
-    phrase = http.HTTPStatus(refusal.status).phrase
-    body = f"{refusal.status} {phrase}: {refusal.reason}\n".encode()
-    text = [("Content-Type", "text/plain; charset=utf-8"), *headers]
-    return _Answer(f"{refusal.status} {phrase}", text, body, close=True)
 
 
 # A connection is in one of these states; all but _BUSY and _CLOSED have a deadline.
@@ -474,35 +453,29 @@ class _Hub:
         while self.held > HEAD_BYTES_BUDGET and self.heads:
             next(iter(self.heads)).expire()
 
-    def submit(self, connection: _Connection, request: _Request) -> None:
+    def submit(self, connection: _Connection, request: WSGIEnvironment) -> None:
         """Have a worker answer; requests that may need bcrypt go to their own thread."""
-        costly = self.guard is not None and self.guard.costly(request.environ)
+        costly = self.guard is not None and self.guard.costly(request)
         pool = self.auth_pool if costly and self.auth_pool is not None else self.pool
         try:
             pool.submit(self.answer, connection, request)
         except RuntimeError:  # the pool is shut down: the server is stopping
             connection.expire()
 
-    def answer(self, connection: _Connection, request: _Request) -> None:
+    def answer(self, connection: _Connection, request: WSGIEnvironment) -> None:
         """Run the app for one request (in a worker) and give the answer to the loop."""
+        line = f"{request['REQUEST_METHOD']} {request['PATH_INFO'][:200]}"
         try:
-            status, headers, body = _call(self.app, request.environ)
-            answer = _Answer(status, headers, body, close=False)
+            answer = _Answer(*_call(self.app, request), close=False)
         except Exception:
-            log.exception("cannot answer a request", extra={"request": request.line})
+            log.exception("cannot answer a request", extra={"request": line})
             headers = [("Content-Type", "text/plain"), *self.extra_headers]
             answer = _Answer(
                 "500 Internal Server Error", headers, b"Internal server error.\n", True
             )
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "answered",
-                extra={
-                    "request": request.line,
-                    "status": answer.status[:3],
-                    "bytes": len(answer.body),
-                },
-            )
+            extra = {"request": line, "status": answer.status[:3], "bytes": len(answer.body)}
+            log.debug("answered", extra=extra)
         assert self.loop is not None  # noqa: S101 (requests come only from a running loop)
         # RuntimeError: the loop is closed, as the server has stopped, and the connection with it.
         with contextlib.suppress(RuntimeError):
@@ -573,19 +546,16 @@ class _Connection(asyncio.Protocol):
     def __init__(self, hub: _Hub) -> None:
         self._hub = hub
         self._tls: _Tls | None = None
+        # The request in progress, made on its first byte: an idle connection holds none.
         self._http: h11.Connection | None = None
-        """The request in progress, made on its first byte: an idle connection holds none."""
-        self._request: _Request | None = None
-        self._body = 0
-        """Bytes of the request's body read (and thrown away)."""
+        self._request: WSGIEnvironment | None = None
+        self._body = 0  # bytes of its body read, and thrown away
         self._state = _HEAD
         self._queue: _Queue | None = None
         self.since = 0.0
         """When the connection entered its queue: its deadline counts from then."""
-        self._buffer = b""
-        """Bytes sent on before the answer left (pipelining), read after it."""
-        self._held = 0
-        """Bytes of requests not yet answered that this connection holds (in h11 or above)."""
+        self._buffer = b""  # bytes sent on before the answer left (pipelining)
+        self._held = 0  # bytes of requests not yet answered, held here or in h11
         self._paused = False
         self._close_after = False
 
@@ -661,7 +631,6 @@ class _Connection(asyncio.Protocol):
             # Sent on before the answer left (pipelining): kept for later, up to a head's worth.
             self._buffer += data
             self._count(self._held + len(data))
-            self._pause_if_full()
             return
         if self._http is None:
             data = data.lstrip(b"\r\n")  # empty lines before a request are allowed; not by h11
@@ -689,7 +658,7 @@ class _Connection(asyncio.Protocol):
                 status = error.error_status_hint
                 if status == 431 and b"\n" not in http.trailing_data[0][:MAX_HEAD_BYTES]:
                     status = 414  # the request line alone is too long
-                self._refuse(_Refusal(status, str(error)))
+                self._refuse(status, str(error))
                 return
             if event is h11.NEED_DATA:
                 if self._request is None:
@@ -697,31 +666,27 @@ class _Connection(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._count(0)
-                line = f"{event.method.decode()} {event.target.decode()[:200]}"
-                self._request = _Request(_environ(event, self._hub.address), line)
+                self._request = _environ(event, self._hub.address)
                 refusal = _refusal(event)
                 if refusal is not None:
-                    self._refuse(refusal)
+                    self._refuse(*refusal)
                     return
                 if self._buffer:  # what came after the head in the same read
                     http.receive_data(self._buffer)
                     self._buffer = b""
-                if http.they_are_waiting_for_100_continue:
-                    self._send(
-                        http.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
-                    )
+                if http.they_are_waiting_for_100_continue:  # RFC 9110 10.1.1
+                    self._send(http.send(_CONTINUE) or b"")
             elif isinstance(event, h11.Data):
                 self._body += len(event.data)
                 if self._body > MAX_BODY_BYTES:
-                    self._refuse(_Refusal(413, "Request body too large."))
+                    self._refuse(413, "Request body too large.")
                     return
             elif isinstance(event, h11.EndOfMessage) and self._request is not None:
                 peer = self._transport.get_extra_info("peername")
-                self._request.environ["REMOTE_ADDR"] = peer[0] if isinstance(peer, tuple) else ""
+                self._request["REMOTE_ADDR"] = peer[0] if isinstance(peer, tuple) else ""
                 self._state = _BUSY
                 self._leave()
                 self._count(len(http.trailing_data[0]))  # a next request, sent along
-                self._pause_if_full()
                 self._hub.submit(self, self._request)
                 return
             else:  # ConnectionClosed or PAUSED: neither comes before a request's end
@@ -730,15 +695,10 @@ class _Connection(asyncio.Protocol):
 
     def _respond(self, answer: _Answer) -> None:
         """Frame an answer with h11 and send it; then close, or wait for the next request."""
-        http = self._http
-        if http is None:
-            self.expire()
-            return
-        head_only = self._request is not None and self._request.line.startswith("HEAD ")
+        http = cast("h11.Connection", self._http)  # a request is in progress
+        head_only = self._request is not None and self._request["REQUEST_METHOD"] == "HEAD"
         try:
-            parts = [
-                http.send(_head(answer.status, answer.headers, len(answer.body), answer.close))
-            ]
+            parts = [http.send(_head(*answer[:2], len(answer.body), answer.close))]
             if not head_only:  # a HEAD answer has the GET's Content-Length, not its body
                 parts.append(http.send(h11.Data(data=answer.body)))
             parts.append(http.send(h11.EndOfMessage()))
@@ -776,12 +736,15 @@ class _Connection(asyncio.Protocol):
         if self._close_after and self._state in (_IDLE, _HEAD):
             self._close_when_sent()  # the client has sent all it will
 
-    def _refuse(self, refusal: _Refusal) -> None:
-        log.debug("refused a request", extra={"status": refusal.status, "reason": refusal.reason})
+    def _refuse(self, status: int, reason: str) -> None:
+        log.debug("refused a request", extra={"status": status, "reason": reason})
         self._leave()
         self._buffer = b""
         self._count(0)
-        self._respond(_refusal_answer(refusal, self._hub.extra_headers))
+        phrase = http.HTTPStatus(status).phrase
+        headers = [("Content-Type", "text/plain; charset=utf-8"), *self._hub.extra_headers]
+        body = f"{status} {phrase}: {reason}\n".encode()
+        self._respond(_Answer(f"{status} {phrase}", headers, body, close=True))
 
     def _close_when_sent(self) -> None:
         self._transport.close()  # asyncio sends what is buffered first
@@ -791,11 +754,6 @@ class _Connection(asyncio.Protocol):
         else:
             self._state = _CLOSED
             self._leave()
-
-    def _pause_if_full(self) -> None:
-        if self._held > MAX_HEAD_BYTES and not self._paused:
-            self._transport.pause_reading()
-            self._paused = True
 
     def _send(self, data: bytes) -> None:
         if self._tls is not None:
@@ -853,6 +811,10 @@ class _Connection(asyncio.Protocol):
     def _count(self, held: int) -> None:
         self._hub.held += held - self._held
         self._held = held
+        if held > MAX_HEAD_BYTES and self._state in (_BUSY, _SENDING) and not self._paused:
+            # Pipelined past a head's worth: read no more until the answer has left.
+            self._transport.pause_reading()
+            self._paused = True
 
     def _drop(self) -> None:
         self._leave()
