@@ -85,6 +85,9 @@ with `--demo` the simulated API's: 1 + one per request it is answering."""
 DEFAULT_MAX_CONNECTIONS = 20_000
 """Open connections at most; at the limit, a new connection closes the one that has waited
 longest without a request being answered (see `HttpServer`)."""
+DEFAULT_TLS_MAX_CONNECTIONS = 5_000
+"""The default with TLS: a connection holds about 19 kB once its handshake is done (OpenSSL's
+session and buffers), so 5,000 of them keep the exporter within a 256Mi memory limit."""
 RESERVED_FILES = 128
 """File descriptors left for the rest of the exporter when the limit on open files, rather
 than `max_connections`, bounds the connections."""
@@ -864,8 +867,9 @@ class HttpServer:
 
     Connections are kept alive between requests. One whose request head has not arrived
     within HEAD_TIMEOUT_SECONDS of its first byte is closed, as is one that stays idle for
-    IDLE_CONNECTION_SECONDS. At most `max_connections` are open (fewer if the limit on open
-    files is lower): past it, a new connection closes the open one that has waited longest
+    IDLE_CONNECTION_SECONDS. At most `max_connections` are open (by default
+    DEFAULT_MAX_CONNECTIONS, or DEFAULT_TLS_MAX_CONNECTIONS with TLS; fewer if the limit on
+    open files is lower): past it, a new connection closes the open one that has waited longest
     without a request being answered, so that idle connections cannot lock a scraper out.
     """
 
@@ -875,9 +879,12 @@ class HttpServer:
         host: str,
         port: int,
         web_config: WebConfig | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int | None = None,
     ) -> None:
         config = web_config or WebConfig()
+        if max_connections is None:
+            tls = config.tls is not None
+            max_connections = DEFAULT_TLS_MAX_CONNECTIONS if tls else DEFAULT_MAX_CONNECTIONS
         files = raise_open_files_limit()
         self._socket = _listening_socket(host, port)
         self._port: int = self._socket.getsockname()[1]
