@@ -3,8 +3,9 @@
 With a web configuration it serves HTTPS, asks for basic auth and adds the configured headers.
 
 Open connections cost no thread. One thread ("http") runs an asyncio event loop that holds
-every connection with a small object, reads request heads, and closes connections whose head
-does not arrive in time or that stay idle too long. Only complete requests go to a small fixed
+every connection with a small object, reads requests and frames answers with h11 (HTTP/1.1 by
+RFC 9110 and 9112), and closes connections whose request does not arrive in time or that stay
+idle too long. Only complete requests go to a small fixed
 pool of threads, which runs the WSGI app and hands back the whole answer for the loop to write.
 TLS is done in memory (`ssl.MemoryBIO`) by the same loop, so a slow handshake holds no thread
 either. However many connections are open, the server uses `HTTP_THREADS` threads at most.
