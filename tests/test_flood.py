@@ -11,6 +11,7 @@ import contextlib
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,10 +20,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from conftest import RunningExporter, background_process, exporter_env, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from magnet_exporter.server import HEAD_TIMEOUT_SECONDS, HTTP_THREADS, SWEEP_SECONDS
+from magnet_exporter.server import (
+    DEFAULT_TLS_MAX_CONNECTIONS,
+    HEAD_TIMEOUT_SECONDS,
+    HTTP_THREADS,
+    SWEEP_SECONDS,
+)
 
 # Thousands of connections take the ephemeral ports other tests' servers are about to bind.
 pytestmark = pytest.mark.alone
@@ -225,3 +232,71 @@ def test_stalled_request_heads_are_closed_and_do_not_hold_up_scrapes(
         assert still_open(idle)
         idle.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+TLS_FLOOD = DEFAULT_TLS_MAX_CONNECTIONS + 1_000
+MEMORY_LIMIT = 256 * 2**20
+"""The memory limit of the shipped Kubernetes Deployment (256Mi)."""
+
+
+def test_a_flood_of_tls_connections_stays_within_the_shipped_memory_limit(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    leaf.private_key_pem.write_to_path(tmp_path / "key.pem")
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+    )
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    address = ("127.0.0.1", free_port())
+    url = f"https://{address[0]}:{address[1]}"
+    command = [sys.executable, "-m", "magnet_exporter", "--demo", "--poll-interval=5"]
+    command += [f"--listen-address={address[0]}:{address[1]}", "--web.config.file=web.yml"]
+    with (tmp_path / "exporter.log").open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=exporter_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        with httpx.Client(verify=client, timeout=30) as https:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.TransportError):
+                    if https.get(f"{url}/-/ready").status_code == 200:
+                        break
+                time.sleep(0.1)
+            idle_memory, _ = status(process.pid)
+            assert https.get(f"{url}/metrics").status_code == 200, "not serving over TLS"
+            connections: list[socket.socket] = []
+            try:
+                opened_until = time.monotonic() + 120
+                while len(connections) < TLS_FLOOD and time.monotonic() < opened_until:
+                    raw = socket.create_connection(address, timeout=10)
+                    connections.append(client.wrap_socket(raw, server_hostname=address[0]))
+                assert len(connections) == TLS_FLOOD, f"{len(connections)} TLS handshakes in 120 s"
+                memory, _ = status(process.pid)
+                response = https.get(f"{url}/metrics")
+            finally:
+                for connection in connections:
+                    connection.close()
+        assert response.status_code == 200
+        files = next(
+            sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+            if sample.name == "process_open_fds"
+        )
+        print(
+            f"\n{TLS_FLOOD} TLS connections: {files:.0f} files held; resident "
+            f"{idle_memory / 2**20:.1f} MB idle, {memory / 2**20:.1f} MB flooded "
+            f"({(memory - idle_memory) / DEFAULT_TLS_MAX_CONNECTIONS:.0f} B each held)"
+        )
+        assert files <= DEFAULT_TLS_MAX_CONNECTIONS + 64  # the limit, and the exporter's own
+        assert memory < MEMORY_LIMIT
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

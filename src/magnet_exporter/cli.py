@@ -84,7 +84,8 @@ _OPTIONS: Sequence[tuple[str, type, str, str]] = (
         "max_connections",
         int,
         "N",
-        "open HTTP connections at most; past it the longest-waiting one is closed (default 20000)",
+        "open HTTP connections at most; past it the longest-waiting one is closed "
+        "(default 20000, 5000 with TLS)",
     ),
     (
         "worker_threshold_bytes",

@@ -3,8 +3,9 @@
 With a web configuration it serves HTTPS, asks for basic auth and adds the configured headers.
 
 Open connections cost no thread. One thread ("http") runs an asyncio event loop that holds
-every connection with a small object, reads request heads, and closes connections whose head
-does not arrive in time or that stay idle too long. Only complete requests go to a small fixed
+every connection with a small object, reads requests and frames answers with h11 (HTTP/1.1 by
+RFC 9110 and 9112), and closes connections whose request does not arrive in time or that stay
+idle too long. Only complete requests go to a small fixed
 pool of threads, which runs the WSGI app and hands back the whole answer for the loop to write.
 TLS is done in memory (`ssl.MemoryBIO`) by the same loop, so a slow handshake holds no thread
 either. However many connections are open, the server uses `HTTP_THREADS` threads at most.
@@ -19,6 +20,7 @@ import hmac
 import html
 import http
 import logging
+import re
 import resource
 import secrets
 import socket
@@ -34,6 +36,7 @@ from io import BytesIO
 from typing import TYPE_CHECKING, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
+import h11
 from prometheus_client import CollectorRegistry
 
 from magnet_exporter import __version__
@@ -65,9 +68,13 @@ MAX_HEAD_BYTES = 16384
 its request line alone is too long, else 431. Prometheus sends well under 1 kB."""
 MAX_HEADERS = 100
 """More header lines than this are answered 431, as Python's http.server does."""
+MAX_BODY_BYTES = 65536
+"""The longest request body read (and thrown away: no route reads one); a longer one is
+answered 413 and its connection closed."""
 HEAD_BYTES_BUDGET = 16 * 2**20
-"""Bytes of unfinished request heads held over all connections; past it, the oldest unfinished
-heads are closed, so that many slow clients cannot fill the memory with partial heads."""
+"""Bytes of unfinished request heads (and requests sent on before an answer) held over all
+connections; past it, the oldest unfinished heads are closed, so that many slow clients cannot
+fill the memory with partial heads."""
 WORKER_THREADS = 8
 """Threads that run the app: answers are CPU work under the interpreter lock, so more would
 not answer faster; a few keep a slow answer from holding up the others."""
@@ -79,6 +86,9 @@ with `--demo` the simulated API's: 1 + one per request it is answering."""
 DEFAULT_MAX_CONNECTIONS = 20_000
 """Open connections at most; at the limit, a new connection closes the one that has waited
 longest without a request being answered (see `HttpServer`)."""
+DEFAULT_TLS_MAX_CONNECTIONS = 5_000
+"""The default with TLS: a connection holds about 19 kB once its handshake is done (OpenSSL's
+session and buffers), so 5,000 of them keep the exporter within a 256Mi memory limit."""
 RESERVED_FILES = 128
 """File descriptors left for the rest of the exporter when the limit on open files, rather
 than `max_connections`, bounds the connections."""
@@ -89,6 +99,13 @@ STOP_SECONDS = 1.0
 TLS_READ_BYTES = 65536
 ACCEPT_WARNING_SECONDS = 10.0
 """At most one warning in this time while connections cannot be accepted (no file left)."""
+
+
+_NO_STORE = ("Cache-Control", "no-store")
+"""Every answer tells the state of the moment: no cache on the way may keep it."""
+_VARY = ("Vary", "Accept, Accept-Encoding")
+"""`/metrics` chooses its format and compression by these request headers."""
+_ALLOW = ("Allow", "OPTIONS,GET,HEAD")
 
 
 class ExporterApp:
@@ -107,13 +124,18 @@ class ExporterApp:
         """Answer one request."""
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
+            method = environ["REQUEST_METHOD"]
             answer = self.exposition.answer(
-                environ["REQUEST_METHOD"],
+                "GET" if method == "HEAD" else method,  # the server sends HEAD without the body
                 environ.get("HTTP_ACCEPT"),
                 environ.get("HTTP_ACCEPT_ENCODING"),
                 environ.get("QUERY_STRING", ""),
             )
-            start_response(answer.status, answer.headers)
+            # prometheus-client's headers, and what a cache on the way must know.
+            headers = [
+                _ALLOW if name == "Allow" else (name, value) for name, value in answer.headers
+            ]
+            start_response(answer.status, [*headers, _VARY, _NO_STORE])
             return [answer.body]
         if path == "/-/healthy":
             return _text(start_response, "200 OK", "Healthy.\n")
@@ -166,7 +188,8 @@ def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
 def _respond(
     start_response: StartResponse, status: str, content_type: str, body: bytes
 ) -> list[bytes]:
-    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    headers = [("Content-Type", content_type), _NO_STORE, ("Content-Length", str(len(body)))]
+    start_response(status, headers)
     return [body]
 
 
@@ -234,57 +257,53 @@ def _guarded(app: WSGIApplication, config: WebConfig) -> WSGIApplication:
 # --- HTTP/1.1 over the event loop ---------------------------------------------------------------
 
 
-class _Request(NamedTuple):
-    """A parsed request head."""
+class _Answer(NamedTuple):
+    """An answer for the event loop to frame and send; with `close`, the connection ends."""
 
-    environ: WSGIEnvironment
-    line: str
-    keep_alive: bool
-    say_keep_alive: bool
-    """An HTTP/1.0 client asked to keep the connection: the answer must say it does."""
-
-
-class _Refusal(NamedTuple):
-    """A request head that cannot be answered by the app."""
-
-    status: int
-    reason: str
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    close: bool
 
 
-def _end_of_head(buffer: bytes) -> int:
-    """Return the index just past the empty line that ends a head, or -1 if none yet."""
-    # Lines may end in a bare LF, which Python's http.server accepted too.
-    ends = [i + n for i, n in ((buffer.find(b"\n\r\n"), 3), (buffer.find(b"\n\n"), 2)) if i >= 0]
-    return min(ends, default=-1)
+# A host is a reg-name, an IPv4 address or an IP literal in brackets, and a port.
+_HOST = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
 
 
-def _parse_head(head: bytes, server: tuple[str, int, str]) -> _Request | _Refusal:
+def _refusal(request: h11.Request) -> tuple[int, str] | None:
+    """Refuse what h11 accepts but RFC 9110 and 9112 do not, or what the app cannot answer."""
+    if len(request.headers) > MAX_HEADERS:
+        return 431, "Too many headers."
+    # h11 frames such a request by Transfer-Encoding and would keep the connection: a proxy
+    # in front may have framed it by Content-Length, and read what follows differently
+    # (RFC 9112 6.3: the server ought to refuse it, or at least close the connection).
+    names = {name for name, _ in request.headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return 400, "Both Content-Length and Transfer-Encoding."
+    for name, value in request.headers:
+        if name == b"content-length" and int(value) > MAX_BODY_BYTES:  # h11 checked the digits
+            return 413, "Request body too large."
+        if b"\x7f" in value:  # h11 lets DEL through; RFC 9110 5.5 allows no control character
+            return 400, "Bad header value."
+        if name == b"host" and not _HOST.fullmatch(value):  # RFC 9112 3.2: 400
+            return 400, "Bad Host header."
+    if request.http_version >= b"2":
+        return 505, f"Invalid HTTP version ({request.http_version.decode()})."
+    return None
+
+
+def _environ(request: h11.Request, server: tuple[str, int, str]) -> WSGIEnvironment:
     """Turn a request head into a WSGI environ (without the client's address)."""
-    lines = head.decode("latin-1").split("\n")
-    line = lines[0].rstrip("\r")
-    words = line.split()
-    if len(words) != 3:
-        return _Refusal(400, f"Bad request syntax ({line[:100]!r}).")
-    method, target, protocol = words
-    version = _http_version(protocol)
-    if version is None:
-        return _Refusal(400, f"Bad request version ({protocol[:20]!r}).")
-    if version >= (2, 0):
-        return _Refusal(505, f"Invalid HTTP version ({protocol}).")
-    fields = [field.rstrip("\r") for field in lines[1:]]
-    fields = fields[: fields.index("")] if "" in fields else fields
-    if len(fields) > MAX_HEADERS:
-        return _Refusal(431, "Too many headers.")
     host, port, scheme = server
     environ: dict[str, object] = {
-        "REQUEST_METHOD": method,
+        "REQUEST_METHOD": request.method.decode("ascii"),
         "SCRIPT_NAME": "",
         "SERVER_NAME": host,
         "SERVER_PORT": str(port),
-        "SERVER_PROTOCOL": protocol,
+        "SERVER_PROTOCOL": f"HTTP/{request.http_version.decode('ascii')}",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scheme,
-        "wsgi.input": BytesIO(),  # no route reads a body: a request with one closes its connection
+        "wsgi.input": BytesIO(),  # no route reads a body: it is thrown away as it arrives
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
@@ -292,19 +311,14 @@ def _parse_head(head: bytes, server: tuple[str, int, str]) -> _Request | _Refusa
     }
     if scheme == "https":
         environ["HTTPS"] = "on"  # as CGI tells the app
-    last = ""
-    for field in fields:
-        if field[:1] in (" ", "\t") and last:  # an obsolete folded line continues the last one
-            environ[last] = f"{environ[last]} {field.strip()}"
-            continue
-        name, colon, value = field.partition(":")
-        if not colon or not name or name != name.strip():
-            return _Refusal(400, "Bad header line.")
-        key = name.upper().replace("-", "_")
+    for name, value in request.headers:
+        if b"_" in name:
+            continue  # `X_Auth` would pass for `X-Auth` below: dropped, as Go and nginx do
+        key = name.decode("ascii").upper().replace("-", "_")
         key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
-        value = value.strip()
-        environ[key] = f"{environ[key]},{value}" if key in environ else value  # as wsgiref does
-        last = key
+        text = value.decode("latin-1")
+        environ[key] = f"{environ[key]},{text}" if key in environ else text  # as wsgiref does
+    target = request.target.decode("ascii")
     if target.startswith("//"):  # as http.server does: not a host-relative URL
         target = "/" + target.lstrip("/")
     elif not target.startswith("/") and "://" in target:  # the absolute form
@@ -313,22 +327,7 @@ def _parse_head(head: bytes, server: tuple[str, int, str]) -> _Request | _Refusa
     path, _, query = target.partition("?")
     environ["PATH_INFO"] = unquote(path, "latin-1")
     environ["QUERY_STRING"] = query
-    tokens = {t.strip().lower() for t in str(environ.get("HTTP_CONNECTION", "")).split(",")}
-    keep_alive = "close" not in tokens and (version >= (1, 1) or "keep-alive" in tokens)
-    # A body no route reads must not pass for the next request.
-    if environ.get("CONTENT_LENGTH", "0") != "0" or "HTTP_TRANSFER_ENCODING" in environ:
-        keep_alive = False
-    return _Request(
-        cast("WSGIEnvironment", environ), line, keep_alive, keep_alive and version < (1, 1)
-    )
-
-
-def _http_version(protocol: str) -> tuple[int, int] | None:
-    name, _, number = protocol.partition("/")
-    major, dot, minor = number.partition(".")
-    if name != "HTTP" or not dot or not major.isdigit() or not minor.isdigit():
-        return None
-    return int(major), int(minor)
+    return cast("WSGIEnvironment", environ)
 
 
 def _call(
@@ -358,39 +357,30 @@ def _call(
     return status, headers, body
 
 
-_HOP_BY_HOP = frozenset({"connection", "content-length", "keep-alive", "transfer-encoding"})
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
+_FRAMING = frozenset({"connection", "content-length", "keep-alive", "transfer-encoding"})
+"""Headers of the app's that h11 and the server set themselves."""
 
 
-def _reply(
-    status: str,
-    headers: Iterable[tuple[str, str]],
-    body: bytes,
-    *,
-    with_body: bool = True,
-    close: bool = False,
-    say_keep_alive: bool = False,
-) -> bytes:
-    """Return the bytes of a whole answer, to be sent in one write."""
-    lines = [f"HTTP/1.1 {status}", f"Date: {formatdate(usegmt=True)}"]
-    lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _HOP_BY_HOP]
-    lines.append(f"Content-Length: {len(body)}")  # so that the client knows where it ends
+def _head(
+    status: str, headers: Iterable[tuple[str, str]], length: int, close: bool
+) -> h11.Response:
+    """Return the head of an answer whose body has `length` bytes."""
+    code, _, reason = status.partition(" ")
+    fields = [(b"Date", formatdate(usegmt=True).encode("ascii"))]
+    fields += [
+        (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers
+        if name.lower() not in _FRAMING
+    ]
+    fields.append((b"Content-Length", str(length).encode("ascii")))  # also for HEAD: RFC 9110 9.3.2
     if close:
-        lines.append("Connection: close")
-    elif say_keep_alive:
-        lines.append("Connection: keep-alive")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head + body if with_body else head
-
-
-def _refusal(refusal: _Refusal, headers: Iterable[tuple[str, str]]) -> bytes:
-    status = http.HTTPStatus(refusal.status)
-    text = [("Content-Type", "text/plain; charset=utf-8"), *headers]
-    body = f"{refusal.status} {status.phrase}: {refusal.reason}\n".encode()
-    return _reply(f"{refusal.status} {status.phrase}", text, body, close=True)
+        fields.append((b"Connection", b"close"))
+    return h11.Response(status_code=int(code), headers=fields, reason=reason.encode("latin-1"))
 
 
 # A connection is in one of these states; all but _BUSY and _CLOSED have a deadline.
-_HEAD = 0  # a request head (or the TLS handshake) is on its way
+_HEAD = 0  # a request (or the TLS handshake) is on its way
 _IDLE = 1  # waiting for a request
 _BUSY = 2  # a worker is answering
 _SENDING = 3  # the answer waits in the send buffer for a slow client
@@ -432,7 +422,7 @@ class _Hub:
         self.idle: _Queue = collections.OrderedDict()
         self.sending: _Queue = collections.OrderedDict()
         self.held = 0
-        """Bytes of unfinished heads held by the connections."""
+        """Bytes of unfinished heads, and of requests sent on, held by the connections."""
         self.stopping = False
         self.quiet_until = 0.0
         """Until when a failing accept is not logged again."""
@@ -467,43 +457,33 @@ class _Hub:
         while self.held > HEAD_BYTES_BUDGET and self.heads:
             next(iter(self.heads)).expire()
 
-    def submit(self, connection: _Connection, request: _Request) -> None:
+    def submit(self, connection: _Connection, request: WSGIEnvironment) -> None:
         """Have a worker answer; requests that may need bcrypt go to their own thread."""
-        costly = self.guard is not None and self.guard.costly(request.environ)
+        costly = self.guard is not None and self.guard.costly(request)
         pool = self.auth_pool if costly and self.auth_pool is not None else self.pool
         try:
             pool.submit(self.answer, connection, request)
         except RuntimeError:  # the pool is shut down: the server is stopping
             connection.expire()
 
-    def answer(self, connection: _Connection, request: _Request) -> None:
+    def answer(self, connection: _Connection, request: WSGIEnvironment) -> None:
         """Run the app for one request (in a worker) and give the answer to the loop."""
-        method = request.environ["REQUEST_METHOD"]
-        close = not request.keep_alive
+        line = f"{request['REQUEST_METHOD']} {request['PATH_INFO'][:200]}"
         try:
-            status, headers, body = _call(self.app, request.environ)
+            answer = _Answer(*_call(self.app, request), close=False)
         except Exception:
-            log.exception("cannot answer a request", extra={"request": request.line})
-            status, headers = "500 Internal Server Error", [("Content-Type", "text/plain")]
-            headers += self.extra_headers
-            body, close = b"Internal server error.\n", True
-        data = _reply(
-            status,
-            headers,
-            body,
-            with_body=method != "HEAD",
-            close=close,
-            say_keep_alive=request.say_keep_alive,
-        )
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "answered",
-                extra={"request": request.line, "status": status[:3], "bytes": len(body)},
+            log.exception("cannot answer a request", extra={"request": line})
+            headers = [("Content-Type", "text/plain"), *self.extra_headers]
+            answer = _Answer(
+                "500 Internal Server Error", headers, b"Internal server error.\n", True
             )
+        if log.isEnabledFor(logging.DEBUG):
+            extra = {"request": line, "status": answer.status[:3], "bytes": len(answer.body)}
+            log.debug("answered", extra=extra)
         assert self.loop is not None  # noqa: S101 (requests come only from a running loop)
         # RuntimeError: the loop is closed, as the server has stopped, and the connection with it.
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(connection.answered, data, close)
+            self.loop.call_soon_threadsafe(connection.answered, answer)
 
     def problem(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
         """Log what asyncio could not hand to a connection (its exception handler)."""
@@ -546,15 +526,19 @@ class _Tls:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: its state, a deadline, and its unanswered bytes; no thread."""
+    """One client connection: its state, a deadline, and its request in progress; no thread."""
 
     # Slots keep an idle connection small: there may be tens of thousands.
     __slots__ = (
+        "_body",
         "_buffer",
         "_close_after",
+        "_held",
+        "_http",
         "_hub",
         "_paused",
         "_queue",
+        "_request",
         "_state",
         "_tls",
         "_transport",
@@ -566,11 +550,16 @@ class _Connection(asyncio.Protocol):
     def __init__(self, hub: _Hub) -> None:
         self._hub = hub
         self._tls: _Tls | None = None
+        # The request in progress, made on its first byte: an idle connection holds none.
+        self._http: h11.Connection | None = None
+        self._request: WSGIEnvironment | None = None
+        self._body = 0  # bytes of its body read, and thrown away
         self._state = _HEAD
         self._queue: _Queue | None = None
         self.since = 0.0
         """When the connection entered its queue: its deadline counts from then."""
-        self._buffer = b""
+        self._buffer = b""  # bytes sent on before the answer left (pipelining)
+        self._held = 0  # bytes of requests not yet answered, held here or in h11
         self._paused = False
         self._close_after = False
 
@@ -609,8 +598,8 @@ class _Connection(asyncio.Protocol):
             self._take(data)
 
     def eof_received(self) -> bool:
-        """Keep a half-closed connection open only to answer the request in progress."""
-        if self._state == _BUSY:
+        """Keep a half-closed connection open only to answer the requests it sent."""
+        if self._state in (_BUSY, _SENDING):
             self._close_after = True
             return True
         return False
@@ -623,18 +612,106 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection."""
         self._state = _CLOSED
-        self._leave()
-        self._hold(b"")
+        self._drop()
         self._hub.every.discard(self)
 
     # Called by the hub
 
-    def answered(self, data: bytes, close: bool) -> None:
+    def answered(self, answer: _Answer) -> None:
         """Send an answer from a worker; then close, or wait for the next request."""
-        if self._state != _BUSY:
-            return  # closed meanwhile
-        self._send(data)
-        if close or self._close_after:
+        if self._state == _BUSY:  # else closed meanwhile
+            self._respond(answer)
+
+    def expire(self) -> None:
+        """Close at once: a deadline has passed, or the server needs the room."""
+        self._state = _CLOSED
+        self._drop()
+        self._transport.abort()
+
+    # The request cycle
+
+    def _take(self, data: bytes) -> None:
+        if self._state in (_BUSY, _SENDING):
+            # Sent on before the answer left (pipelining): kept for later, up to a head's worth.
+            self._buffer += data
+            self._count(self._held + len(data))
+            return
+        if self._http is None:
+            data = data.lstrip(b"\r\n")  # empty lines before a request are allowed; not by h11
+            if not data:
+                return
+            self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+            self._state = _HEAD
+            self._enter(self._hub.heads)
+        if self._request is None:
+            # h11 bounds only a head still incomplete: one that came whole in a single read
+            # would pass at any size. So h11 gets one byte past the limit at most, and the rest
+            # once the head is read.
+            room = MAX_HEAD_BYTES + 1 - self._held
+            data, self._buffer = data[:room], data[room:]
+            self._count(self._held + len(data))  # against the budget of unfinished heads
+        self._http.receive_data(data)
+        self._read(self._http)
+
+    def _read(self, http: h11.Connection) -> None:
+        """Read a request whole, throwing its body away; then hand it to a worker."""
+        while True:
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError as error:
+                status = error.error_status_hint
+                if status == 431 and b"\n" not in http.trailing_data[0][:MAX_HEAD_BYTES]:
+                    status = 414  # the request line alone is too long
+                self._refuse(status, str(error))
+                return
+            if event is h11.NEED_DATA:
+                if self._request is None:
+                    self._hub.trim_heads()
+                return
+            if isinstance(event, h11.Request):
+                self._count(0)
+                self._request = _environ(event, self._hub.address)
+                refusal = _refusal(event)
+                if refusal is not None:
+                    self._refuse(*refusal)
+                    return
+                if self._buffer:  # what came after the head in the same read
+                    http.receive_data(self._buffer)
+                    self._buffer = b""
+                if http.they_are_waiting_for_100_continue:  # RFC 9110 10.1.1
+                    self._send(http.send(_CONTINUE) or b"")
+            elif isinstance(event, h11.Data):
+                self._body += len(event.data)
+                if self._body > MAX_BODY_BYTES:
+                    self._refuse(413, "Request body too large.")
+                    return
+            elif isinstance(event, h11.EndOfMessage) and self._request is not None:
+                peer = self._transport.get_extra_info("peername")
+                self._request["REMOTE_ADDR"] = peer[0] if isinstance(peer, tuple) else ""
+                self._state = _BUSY
+                self._leave()
+                self._count(len(http.trailing_data[0]))  # a next request, sent along
+                self._hub.submit(self, self._request)
+                return
+            else:  # ConnectionClosed or PAUSED: neither comes before a request's end
+                self.expire()
+                return
+
+    def _respond(self, answer: _Answer) -> None:
+        """Frame an answer with h11 and send it; then close, or wait for the next request."""
+        http = cast("h11.Connection", self._http)  # a request is in progress
+        head_only = self._request is not None and self._request["REQUEST_METHOD"] == "HEAD"
+        try:
+            parts = [http.send(_head(*answer[:2], len(answer.body), answer.close))]
+            if not head_only:  # a HEAD answer has the GET's Content-Length, not its body
+                parts.append(http.send(h11.Data(data=answer.body)))
+            parts.append(http.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            log.exception("cannot frame an answer", extra={"status": answer.status})
+            self.expire()
+            return
+        self._send(b"".join(p for p in parts if p is not None))
+        if http.our_state is h11.MUST_CLOSE:
             self._close_when_sent()
         elif self._transport.get_write_buffer_size():
             self._state = _SENDING
@@ -642,72 +719,36 @@ class _Connection(asyncio.Protocol):
         else:
             self._wait_for_request()
 
-    def expire(self) -> None:
-        """Close at once: a deadline has passed, or the server needs the room."""
-        self._state = _CLOSED
-        self._leave()
-        self._hold(b"")
-        self._transport.abort()
-
-    # The request cycle
-
-    def _take(self, data: bytes) -> None:
-        if self._state in (_BUSY, _SENDING):
-            # The client sent on before its answer (pipelining): keep it for later, up to a head.
-            self._hold(self._buffer + data)
-            if len(self._buffer) > MAX_HEAD_BYTES and not self._paused:
-                self._transport.pause_reading()
-                self._paused = True
-            return
-        buffer = self._buffer + data if self._buffer else data
-        if self._state == _IDLE:
-            buffer = buffer.lstrip(b"\r\n")  # empty lines between requests are allowed
-            if not buffer:
-                return
-            self._state = _HEAD
-            self._enter(self._hub.heads)
-        end = _end_of_head(buffer)
-        if end < 0 or end > MAX_HEAD_BYTES + 4:
-            if len(buffer) <= MAX_HEAD_BYTES:
-                self._hold(buffer)
-                self._hub.trim_heads()
-                return
-            line_ends = buffer.find(b"\n", 0, MAX_HEAD_BYTES)
-            self._refuse(
-                _Refusal(414, "Request line too long.")
-                if line_ends < 0
-                else _Refusal(431, "Request head too long.")
-            )
-            return
-        self._hold(buffer[end:])
-        hub = self._hub
-        request = _parse_head(buffer[:end], hub.address)
-        if isinstance(request, _Refusal):
-            self._refuse(request)
-            return
-        peer = self._transport.get_extra_info("peername")
-        request.environ["REMOTE_ADDR"] = peer[0] if isinstance(peer, tuple) else ""
-        self._state = _BUSY
-        self._leave()
-        hub.submit(self, request)
-
     def _wait_for_request(self) -> None:
+        """Wait for the next request, reading at once those sent before the answer left."""
+        leftover, self._buffer = self._buffer, b""
+        if self._http is not None:
+            # A new h11 connection for each request, rather than its next cycle: h11 would
+            # refuse the empty lines that may come before a request, and would stay in memory.
+            leftover = self._http.trailing_data[0] + leftover
+            self._http = None
+        self._request = None
+        self._body = 0
+        self._count(0)
         self._state = _IDLE
         self._enter(self._hub.idle)
         if self._paused:
             self._paused = False
             self._transport.resume_reading()
-        if self._buffer:  # a request sent before the last answer left
-            buffer, self._buffer = self._buffer, b""
-            self._hub.held -= len(buffer)
-            self._take(buffer)
+        if leftover:
+            self._take(leftover)
+        if self._close_after and self._state in (_IDLE, _HEAD):
+            self._close_when_sent()  # the client has sent all it will
 
-    def _refuse(self, refusal: _Refusal) -> None:
-        log.debug("refused a request", extra={"status": refusal.status, "reason": refusal.reason})
+    def _refuse(self, status: int, reason: str) -> None:
+        log.debug("refused a request", extra={"status": status, "reason": reason})
         self._leave()
-        self._hold(b"")
-        self._send(_refusal(refusal, self._hub.extra_headers))
-        self._close_when_sent()
+        self._buffer = b""
+        self._count(0)
+        phrase = http.HTTPStatus(status).phrase
+        headers = [("Content-Type", "text/plain; charset=utf-8"), *self._hub.extra_headers]
+        body = f"{status} {phrase}: {reason}\n".encode()
+        self._respond(_Answer(f"{status} {phrase}", headers, body, close=True))
 
     def _close_when_sent(self) -> None:
         self._transport.close()  # asyncio sends what is buffered first
@@ -771,9 +812,19 @@ class _Connection(asyncio.Protocol):
             del self._queue[self]
             self._queue = None
 
-    def _hold(self, buffer: bytes) -> None:
-        self._hub.held += len(buffer) - len(self._buffer)
-        self._buffer = buffer
+    def _count(self, held: int) -> None:
+        self._hub.held += held - self._held
+        self._held = held
+        if held > MAX_HEAD_BYTES and self._state in (_BUSY, _SENDING) and not self._paused:
+            # Pipelined past a head's worth: read no more until the answer has left.
+            self._transport.pause_reading()
+            self._paused = True
+
+    def _drop(self) -> None:
+        self._leave()
+        self._buffer = b""
+        self._count(0)
+        self._http = None
 
 
 # --- The server ----------------------------------------------------------------------------------
@@ -817,8 +868,9 @@ class HttpServer:
 
     Connections are kept alive between requests. One whose request head has not arrived
     within HEAD_TIMEOUT_SECONDS of its first byte is closed, as is one that stays idle for
-    IDLE_CONNECTION_SECONDS. At most `max_connections` are open (fewer if the limit on open
-    files is lower): past it, a new connection closes the open one that has waited longest
+    IDLE_CONNECTION_SECONDS. At most `max_connections` are open (by default
+    DEFAULT_MAX_CONNECTIONS, or DEFAULT_TLS_MAX_CONNECTIONS with TLS; fewer if the limit on
+    open files is lower): past it, a new connection closes the open one that has waited longest
     without a request being answered, so that idle connections cannot lock a scraper out.
     """
 
@@ -828,9 +880,12 @@ class HttpServer:
         host: str,
         port: int,
         web_config: WebConfig | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int | None = None,
     ) -> None:
         config = web_config or WebConfig()
+        if max_connections is None:
+            tls = config.tls is not None
+            max_connections = DEFAULT_TLS_MAX_CONNECTIONS if tls else DEFAULT_MAX_CONNECTIONS
         files = raise_open_files_limit()
         self._socket = _listening_socket(host, port)
         self._port: int = self._socket.getsockname()[1]

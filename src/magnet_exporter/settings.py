@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     max_label_values: int = Field(default=100, ge=5)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
-    max_connections: int = Field(default=20_000, ge=1)
+    max_connections: int | None = Field(default=None, ge=1)  # 20,000; 5,000 with TLS
     # 2 MiB: see sources.WORKER_THRESHOLD_BYTES, which says why.
     worker_threshold_bytes: int = Field(default=2 * 2**20, ge=0)
     demo: bool = False
