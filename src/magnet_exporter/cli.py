@@ -78,6 +78,18 @@ _OPTIONS: Sequence[tuple[str, type, str, str]] = (
         "model, repository, author (default status,pr_status,model)",
     ),
     ("max_label_values", int, "N", "distinct values per label before 'other' (default 100)"),
+    (
+        "idle_session_seconds",
+        float,
+        "SECONDS",
+        "list active sessions idle at least this long by name (default 900)",
+    ),
+    (
+        "idle_sessions_max",
+        int,
+        "N",
+        "idle sessions listed per organization, the longest idle first, 0 for none (default 10)",
+    ),
     ("log_level", str, "LEVEL", "debug, info, warning or error (default info)"),
     ("log_format", str, "FORMAT", "logfmt or json (default logfmt)"),
     (

@@ -155,6 +155,39 @@ def _empty() -> Mapping[Any, Any]:
     return MappingProxyType({})
 
 
+IDLE_SESSION_LABELS = ("session", "repository", "model", "author")
+"""The labels of an idle session, after `organization`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IdleSession:
+    """An active session idle past the listing threshold, named by its labels."""
+
+    session: str
+    """The session's `id`."""
+    repository: str
+    model: str
+    author: str
+    """The author's id, never the name."""
+    last_activity: float
+    """`updatedAt`, else `createdAt`, as Unix seconds."""
+
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        """The label values, in the order of `IDLE_SESSION_LABELS`."""
+        return (self.session, self.repository, self.model, self.author)
+
+
+@dataclasses.dataclass(frozen=True)
+class IdleListing:
+    """Which idle sessions a snapshot lists by name."""
+
+    after_seconds: float = 900.0
+    """Active sessions idle at least this long are listed."""
+    limit: int = 10
+    """At most this many, the longest idle first; 0 lists none (all count as unlisted)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """One successful poll, reduced to what the metrics need."""
@@ -175,6 +208,10 @@ class Snapshot:
     authors_past_week: int = 0
     invalid: Mapping[str, int] = dataclasses.field(default_factory=_empty)
     """Values read as missing because they were unreadable, by field path."""
+    idle_sessions: tuple[IdleSession, ...] = ()
+    """The active sessions idle past the listing threshold, the longest idle first, bounded."""
+    idle_sessions_unlisted: int = 0
+    """The active sessions idle past the threshold that the bound left out."""
 
     def __reduce__(self) -> tuple[Callable[..., Snapshot], tuple[Any, ...]]:
         """Pickle as plain dicts: snapshots come back from poll workers."""
