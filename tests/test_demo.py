@@ -22,6 +22,7 @@ from magnet_exporter.demo import (
     DemoApiServer,
     Fault,
     FaultRates,
+    Population,
     SimulatedMagnet,
 )
 from magnet_exporter.model import parse_snapshot
@@ -317,3 +318,44 @@ def test_rates_from_text() -> None:
 def test_bad_rates_from_text(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FaultRates.parse(spec)
+
+
+def test_a_population_is_shaped_like_a_large_organization() -> None:
+    population = Population()
+    magnet = SimulatedMagnet(
+        seed=3, clock=lambda: FIXED_NOW, listed_sessions=20_000, population=population
+    )
+    sessions = magnet.sessions_response("acme")["sessions"]
+    assert len(sessions) == 20_000
+    by_author = collections.Counter(item["author"]["id"] for item in sessions)
+    ranked = [count for _, count in by_author.most_common()]
+    # Hundreds of authors; the busiest few have a large share, most have a handful.
+    assert len(by_author) >= population.authors * 0.8
+    assert sum(ranked[:10]) > 0.3 * len(sessions)
+    assert sorted(ranked)[len(ranked) // 2] < 0.002 * len(sessions)
+    repositories = {(item["metadata"] or {}).get("repository") for item in sessions}
+    assert len(repositories) >= population.repositories * 0.8
+    statuses = collections.Counter(item["status"] for item in sessions)
+    assert statuses["completed"] > statuses["failed"] > statuses["active"] > 0
+    pull_requests = [item["metadata"] for item in sessions if (item["metadata"] or {}).get("prUrl")]
+    assert len(pull_requests) > 0.5 * len(sessions)
+    # Each pull request is a session's own: its number, URL and branch.
+    assert len({pr["prUrl"] for pr in pull_requests}) == len(pull_requests)
+    assert len({pr["branch"] for pr in pull_requests}) == len(pull_requests)
+    assert {pr["prStatus"] for pr in pull_requests} == {"draft", "open", "merged", "closed"}
+    lengths = [len(item["title"]) for item in sessions]
+    assert min(lengths) < 40
+    assert max(lengths) > 150
+
+
+def test_a_population_spreads_its_sessions_over_its_span() -> None:
+    population = Population()
+    for listed in (1_000, 10_000):
+        magnet = SimulatedMagnet(
+            seed=3, clock=lambda: FIXED_NOW, listed_sessions=listed, population=population
+        )
+        created = [
+            datetime.fromisoformat(item["createdAt"].replace("Z", "+00:00")).timestamp()
+            for item in magnet.sessions_response("acme")["sessions"]
+        ]
+        assert FIXED_NOW - min(created) == pytest.approx(population.span, rel=0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 from datetime import datetime, timezone
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from magnet_exporter.client import Outcome, PollError
+from magnet_exporter.demo import Population, SimulatedMagnet
 from magnet_exporter.model import (
     MAX_LABEL_LENGTH,
     IdleListing,
@@ -513,6 +515,31 @@ def test_the_fields_read_for_the_list_do_not_split_the_session_groups() -> None:
 def test_idle_sessions_travel_from_a_worker() -> None:
     sessions = [idle_session("s1", 2_000), idle_session("s2", 1_000)]
     snapshot = SnapshotParser(("status",), IdleListing(900, 1)).parse(body(sessions), NOW)
-    copy = pickle.loads(pickle.dumps(snapshot))  # noqa: S301 (our own bytes)
-    assert copy.idle_sessions == snapshot.idle_sessions
-    assert copy.idle_sessions_unlisted == 1
+    travelled = pickle.loads(pickle.dumps(snapshot))  # noqa: S301 (our own bytes)
+    assert travelled.idle_sessions == snapshot.idle_sessions
+    assert travelled.idle_sessions_unlisted == 1
+
+
+def realistic(sessions: int = 2_000) -> dict[str, Any]:
+    magnet = SimulatedMagnet(
+        seed=2, clock=lambda: NOW, listed_sessions=sessions, population=Population()
+    )
+    return magnet.sessions_response("acme")
+
+
+def test_fields_that_are_not_labels_do_not_change_the_sessions_or_histograms() -> None:
+    document = realistic()
+    uniform = copy.deepcopy(document)
+    for item in uniform["sessions"]:
+        item["author"] = {"id": "user_1", "name": "One Person"}
+        item["title"] = "the same title"
+        if item["metadata"]:
+            item["metadata"].update(branch="main", prUrl="https://example.com/pr", prNumber=1)
+    many = parse_snapshot(json.dumps(document).encode(), LABELS, NOW)
+    one = parse_snapshot(json.dumps(uniform).encode(), LABELS, NOW)
+    assert many.authors_past_week > 100
+    assert one.authors_past_week == 1
+    assert many.sessions == one.sessions
+    assert many.durations == one.durations
+    assert many.idle == one.idle
+    assert sum(group.count for group in many.sessions.values()) == len(document["sessions"])

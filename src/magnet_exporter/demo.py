@@ -24,7 +24,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from bisect import bisect
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,6 +99,93 @@ def _iso(timestamp: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+FIRST_NAMES = (
+    "Ada", "Bo", "Carmen", "Dmitri", "Elif", "Femi", "Greta", "Hiro", "Ines", "Jonas",
+    "Kwame", "Lena", "Mateo", "Nadia", "Oskar", "Priya", "Quinn", "Rosa", "Sven", "Tariq",
+)  # fmt: skip
+LAST_NAMES = (
+    "Abe", "Baptiste", "Costa", "Dubois", "Eriksen", "Fischer", "Gupta", "Horvat", "Ito",
+    "Jansen", "Kowalski", "Lindqvist", "Moreau", "Novak", "Okoye", "Petrov", "Rossi", "Sato",
+)  # fmt: skip
+TITLE_WORDS = (
+    "the", "flaky", "billing", "webhook", "retry", "cache", "migration", "signup", "search",
+    "index", "timeout", "export", "dashboard", "permissions", "pagination", "locale", "queue",
+    "worker", "schema", "deprecated", "endpoint", "config", "tests", "for", "and", "in",
+)  # fmt: skip
+TITLE_VERBS = ("Fix", "Add", "Remove", "Refactor", "Investigate", "Document", "Speed up", "Port")
+
+
+@dataclasses.dataclass(frozen=True)
+class Population:
+    """Who works in an organization shaped like a real one, and how their sessions spread.
+
+    Authors and repositories have Zipf-like shares (the k-th gets a share proportional to
+    1 / k^skew): a few heavy users and busy repositories, a long tail of occasional ones.
+    Sessions take from `shortest_work` to `longest_work` seconds (log-uniform), so hundreds
+    are active at once in a large organization, and each session's title, branch and pull
+    request (number and URL) is its own. The statuses and PR statuses follow `plans`.
+    """
+
+    authors: int = 500
+    repositories: int = 50
+    author_skew: float = 1.1
+    repository_skew: float = 1.0
+    shortest_work: float = 40.0
+    longest_work: float = 6 * 3600.0
+    plans: tuple[tuple[str, float], ...] = (
+        ("merged", 0.45),
+        ("closed", 0.12),
+        ("open", 0.08),
+        ("none", 0.35),
+    )
+    """Where a session's pull request ends, with its share; `none` is no pull request."""
+    failed_share: float = 0.3
+    """Of the sessions without a pull request, those that fail."""
+    span: float = 30 * DAY
+    """The time over which the listed sessions were created: more sessions, more often."""
+
+    def __post_init__(self) -> None:
+        """Check the sizes and shares."""
+        if self.authors < 1 or self.repositories < 1:
+            raise ValueError("a population needs at least one author and one repository")
+        if not 0 < self.shortest_work <= self.longest_work or self.span <= 0:
+            raise ValueError("work times and the span must be positive, the work times in order")
+
+    @staticmethod
+    def _cumulative(weights: Sequence[float]) -> tuple[float, ...]:
+        total, cumulative = 0.0, []
+        for weight in weights:
+            total += weight
+            cumulative.append(total)
+        return tuple(share / total for share in cumulative)
+
+    def author_shares(self) -> tuple[float, ...]:
+        """Cumulative shares of the sessions by author rank (the last one is 1)."""
+        return self._cumulative([1 / k**self.author_skew for k in range(1, self.authors + 1)])
+
+    def repository_shares(self) -> tuple[float, ...]:
+        """Cumulative shares of the sessions by repository rank (the last one is 1)."""
+        skew = self.repository_skew
+        return self._cumulative([1 / k**skew for k in range(1, self.repositories + 1)])
+
+
+def _pick(rng: random.Random, cumulative: tuple[float, ...]) -> int:
+    return min(bisect(cumulative, rng.random()), len(cumulative) - 1)
+
+
+def _author(rank: int) -> tuple[str, str]:
+    """Return the id and name of the population's author of this rank (0: the busiest)."""
+    first = FIRST_NAMES[rank % len(FIRST_NAMES)]
+    last = LAST_NAMES[(rank // len(FIRST_NAMES)) % len(LAST_NAMES)]
+    return f"user_{rank + 1:04d}", f"{first} {last}"
+
+
+def _title(rng: random.Random) -> str:
+    """Make a task title of three to thirty words: titles vary in length as people's do."""
+    words = rng.choices(TITLE_WORDS, k=round(math.exp(rng.uniform(math.log(3), math.log(30)))))
+    return " ".join([rng.choice(TITLE_VERBS), *words])
+
+
 @dataclasses.dataclass(frozen=True)
 class _Organization:
     name: str
@@ -137,11 +225,16 @@ class SimulatedMagnet:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         listed_sessions: int = LISTED_SESSIONS,
+        population: Population | None = None,
     ) -> None:
         self.seed = seed
         self.listed_sessions = listed_sessions
         """How many sessions an answer lists: the older kinds, then the newest quick ones."""
+        self.population = population
+        """Who the newest sessions come from; None: the demo's own few people."""
         self._clock = clock
+        self._author_shares = population.author_shares() if population else ()
+        self._repository_shares = population.repository_shares() if population else ()
 
     def now(self) -> float:
         """Return the simulator's current time (Unix seconds)."""
@@ -155,6 +248,8 @@ class SimulatedMagnet:
         older.sort(key=lambda session: session["createdAt"])
         older = older[max(0, len(older) - self.listed_sessions) :]
         quick = self.listed_sessions - len(older)
+        if self.population is not None:  # the newest sessions fill the population's span
+            org = dataclasses.replace(org, period=self.population.span / max(1, quick))
         newest = int((now - EPOCH) // org.period)
         recent = (
             [
@@ -222,10 +317,47 @@ class SimulatedMagnet:
         created = EPOCH + index * org.period + rng.uniform(0, org.period / 2)
         if now < created:
             return None
+        if self.population is not None:
+            return self._member_session(org, rng, index, created, now, self.population)
         work = rng.uniform(80, 100)  # seconds the agent works
         review = rng.uniform(60, 150)  # seconds a PR stays open before it merges or closes
         people = org.people[:REGULARS]
         return self._document(org, rng, str(index), index, created, now, work, review, people)
+
+    def _member_session(
+        self,
+        org: _Organization,
+        rng: random.Random,
+        index: int,
+        created: float,
+        now: float,
+        population: Population,
+    ) -> dict[str, Any]:
+        """Make a session of a member of a realistic population."""
+        work = math.exp(
+            rng.uniform(math.log(population.shortest_work), math.log(population.longest_work))
+        )
+        review = math.exp(rng.uniform(math.log(60), math.log(2 * DAY)))
+        plans, shares = zip(*population.plans, strict=True)
+        plan = rng.choices(plans, shares)[0]
+        failed = plan == "none" and rng.random() < population.failed_share
+        author_id, name = _author(_pick(rng, self._author_shares))
+        repository = f"{org.name}/repo-{_pick(rng, self._repository_shares) + 1:02d}"
+        return self._document(
+            org,
+            rng,
+            str(index),
+            index,
+            created,
+            now,
+            work,
+            review,
+            org.people,
+            plan=(plan, failed),
+            author=(author_id, name),
+            repository=repository,
+            title=_title(rng),
+        )
 
     def _document(
         self,
@@ -238,27 +370,39 @@ class SimulatedMagnet:
         work: float,
         review: float,
         people: tuple[str, ...],
+        plan: tuple[str, bool] | None = None,
+        author: tuple[str, str] | None = None,
+        repository: str | None = None,
+        title: str | None = None,
     ) -> dict[str, Any]:
-        """One session as the API lists it; `index` picks its plan, `name` makes its id."""
+        """One session as the API lists it; `index` picks its plan, `name` makes its id.
+
+        `plan` (where its PR ends, whether it fails), `author` (id, name), `repository` and
+        `title` replace what the demo's own small organization would pick.
+        """
         age = now - created
-        plan = ("none", "merged", "merged", "closed", "open")[(index + org.plan_offset) % 5]
-        failed = plan == "none" and (index // 5) % 2 == 0
-        status = "active" if age < work else ("failed" if failed else "completed")
+        if plan is None:
+            outcome = ("none", "merged", "merged", "closed", "open")[(index + org.plan_offset) % 5]
+            plan = (outcome, outcome == "none" and (index // 5) % 2 == 0)
+        status = "active" if age < work else ("failed" if plan[1] else "completed")
         step = max(7.0, work / 40)  # seconds between two messages
         worked = min(age, work) // step * step
-        person = rng.choice(people)
-        repository = f"{org.name}/{rng.choice(REPOSITORIES)}"
+        if author is None:
+            person = rng.choice(people)
+            author = (f"user_{PEOPLE.index(person) + 1}", person)
+        if repository is None:
+            repository = f"{org.name}/{rng.choice(REPOSITORIES)}"
         session: dict[str, Any] = {
             "id": f"cm{hashlib.sha1(f'{self.seed}{org.name}{name}'.encode()).hexdigest()[:10]}",  # noqa: S324
-            "title": rng.choice(TASKS),
+            "title": rng.choice(TASKS) if title is None else title,
             "status": status,
             "createdAt": _iso(created),
             "updatedAt": _iso(created + worked),
             "model": rng.choice(org.models),
             "author": {
-                "id": f"user_{PEOPLE.index(person) + 1}",
-                "name": person,
-                "imageUrl": f"https://avatars.example.com/{PEOPLE.index(person) + 1}.png",
+                "id": author[0],
+                "name": author[1],
+                "imageUrl": f"https://avatars.example.com/{author[0]}.png",
             },
             "metadata": {"repository": repository, "branch": f"agent/task-{name}"},
             "messageCount": 1 + int(worked // step),
@@ -267,7 +411,7 @@ class SimulatedMagnet:
             if status == "active"
             else _preview(rng, REPLIES),
         }
-        pr_status = self._pr_status(plan, age, work, review)
+        pr_status = self._pr_status(plan[0], age, work, review)
         if pr_status is not None:
             number = 100 + index
             session["metadata"].update(
