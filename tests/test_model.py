@@ -340,10 +340,22 @@ def test_stats_that_are_not_an_object_export_no_stats(value: Any) -> None:
 
 
 def test_only_fields_the_exporter_reads_are_checked() -> None:
-    session = {**GOOD, "metadata": "n/a", "model": 5, "title": 7, "prNumber": "x"}
+    metadata = {**GOOD["metadata"], "branch": 5, "prNumber": "x", "prUrl": ["u"]}
+    session = {**GOOD, "metadata": metadata, "title": 7, "imageUrl": 3}
     snapshot = parse_snapshot(body([session]), ("status",), NOW)
     assert dict(snapshot.sessions) == {("completed",): SessionGroup(1, 5, 1, 1)}
     assert dict(snapshot.invalid) == {}
+
+
+def test_the_fields_that_name_idle_sessions_are_read_and_checked_whatever_the_labels() -> None:
+    session = {**GOOD, "id": 12, "metadata": "n/a", "model": 5}
+    snapshot = parse_snapshot(body([session]), ("status",), NOW)
+    assert dict(snapshot.sessions) == {("completed",): SessionGroup(1, 5, 1, 1)}
+    assert dict(snapshot.invalid) == {
+        "sessions.id": 1,
+        "sessions.metadata": 1,
+        "sessions.model": 1,
+    }
 
 
 def test_several_bad_values_are_counted_by_field() -> None:
@@ -508,7 +520,7 @@ def test_the_fields_read_for_the_list_do_not_split_the_session_groups() -> None:
         idle_session("c", 10, model="m1", author={"id": "u3"}, metadata=None),
     ]
     snapshot = SnapshotParser(("status", "model")).parse(body(sessions), NOW)
-    assert dict(snapshot.sessions) == {("active", "m1"): SessionGroup(3, 0)}
+    assert dict(snapshot.sessions) == {("active", "m1"): SessionGroup(3, 0, 3, 3)}
     assert [idle.session for idle in snapshot.idle_sessions] == ["b", "a"]
 
 

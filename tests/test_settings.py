@@ -95,6 +95,7 @@ def test_key_is_stripped_and_hidden() -> None:
         ({"idle_session_seconds": "soon"}, "MAGNET_IDLE_SESSION_SECONDS (--idle-session-"),
         ({"idle_sessions_max": -1}, "MAGNET_IDLE_SESSIONS_MAX (--idle-sessions-max): "),
         ({"idle_sessions_max": 1001}, "MAGNET_IDLE_SESSIONS_MAX (--idle-sessions-max): "),
+        ({"idle_session_seconds": 2_592_001}, "MAGNET_IDLE_SESSION_SECONDS (--idle-session-"),
         ({"api_url": "magnet.run"}, "MAGNET_API_URL (--api-url): must be an http"),
         ({"log_level": "loud"}, "MAGNET_LOG_LEVEL (--log-level): "),
         ({"log_format": "xml"}, "MAGNET_LOG_FORMAT (--log-format): "),

@@ -239,7 +239,7 @@ def _source(
         target.organization_id,
         max_response_bytes=settings.max_response_bytes,
     )
-    here = InProcessSource(client, settings.session_labels, clock)
+    here = InProcessSource(client, settings.session_labels, clock, settings.idle_listing)
     if pool is None:
         return here
     there = WorkerSource(pool, target.organization_id, target.key, clock)
@@ -252,6 +252,7 @@ def _worker_pool(settings: Settings, organizations: int) -> WorkerPool:
         label_names=settings.session_labels,
         timeout=settings.request_timeout_seconds,
         max_response_bytes=settings.max_response_bytes,
+        idle_listing=settings.idle_listing,
     )
     return WorkerPool(config, min(organizations, MAX_WORKERS))
 

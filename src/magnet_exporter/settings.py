@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     # Five: every documented PR status must fit, or zero series would fold into `other`.
     max_label_values: int = Field(default=100, ge=5)
     # Sessions idle this long are listed by name; 15 minutes is the idle histogram's le="900.0".
-    idle_session_seconds: float = Field(default=900.0, ge=0)
+    # At most 30 days: the idle histogram ends at a day, and Magnet's sessions are weeks at most.
+    idle_session_seconds: float = Field(default=900.0, ge=0, le=30 * 86_400)
     # Per organization; each listed session is a series, so the list is bounded (0: none).
     idle_sessions_max: int = Field(default=10, ge=0, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
