@@ -492,10 +492,12 @@ def test_a_clean_poll_logs_no_such_line_and_every_field_starts_at_zero(
     invalid = scraped(exporter, "magnet_exporter_invalid_values_total")
     assert {dict(k)["field"] for k in invalid} == {
         "sessions",
+        "sessions.id",
         "sessions.status",
         "sessions.model",
         "sessions.metadata",
         "sessions.metadata.prStatus",
+        "sessions.metadata.repository",
         "sessions.author",
         "sessions.author.id",
         "sessions.createdAt",
