@@ -21,14 +21,17 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import FIXED_NOW, FakeClock, RunningExporter
+from conftest import FIXED_NOW, SECRET_KEY, FakeClock, RunningExporter, make_settings
+from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from magnet_exporter.cli import Exporter, http_client
 from magnet_exporter.demo import DemoApiServer, Fault, Population, SimulatedMagnet
 from magnet_exporter.logs import JsonFormatter, LogfmtFormatter
+from magnet_exporter.model import IDLE_SESSION_LABELS
 
 Factory = Callable[..., RunningExporter]
 NOW = FIXED_NOW
@@ -343,6 +346,34 @@ def test_idle_sessions_match_an_independent_reduction(
     assert served == expected
     assert scraped(exporter, "magnet_idle_sessions_unlisted") == {(): unlisted}
     assert "Somebody" not in body
+
+
+def test_idle_sessions_come_back_from_a_poll_worker(api: FixedApi) -> None:
+    document = {"sessions": with_ids(edge_sessions())}
+    api.body = json.dumps(document).encode()
+    settings = make_settings(
+        api_url=api.url,
+        api_key=SECRET_KEY,
+        worker_threshold_bytes=0,  # every poll in a worker process, the first one too
+        idle_session_seconds=3600,
+        idle_sessions_max=3,
+    )
+    with http_client(settings) as http:
+        exporter = Exporter(settings, http, CollectorRegistry(), FakeClock(NOW), workers=True)
+        try:
+            (poller,) = exporter.pollers.values()
+            state = poller.poll_once()
+        finally:
+            exporter.close()
+    assert state.up
+    assert state.snapshot is not None
+    expected, unlisted = idle_list(document, 3600, 3)
+    assert unlisted
+    assert [
+        (tuple(sorted(zip(IDLE_SESSION_LABELS, idle.labels, strict=True))), idle.last_activity)
+        for idle in state.snapshot.idle_sessions
+    ] == expected
+    assert state.snapshot.idle_sessions_unlisted == unlisted
 
 
 def test_the_edges_reach_every_bucket_and_window() -> None:
