@@ -364,6 +364,9 @@ class _IdleSelection:
         # A min-heap of (-last activity, -arrival, session): its root is the least idle
         # session kept, the first to go; of equally idle ones, the later in the answer goes.
         self._heap: list[tuple[float, int, Any]] = []
+        # The root's last activity once the heap is full: a session at least as recent is
+        # left out with one comparison.
+        self._least_idle: datetime | None = None
         self.offered = 0
 
     def offer(self, session: Any, last: datetime) -> None:
@@ -371,11 +374,17 @@ class _IdleSelection:
         if not session.id or not session.id.strip():
             return
         self.offered += 1
-        entry = (-last.timestamp(), -self.offered, session)
+        if self._least_idle is not None and last >= self._least_idle:
+            return
         if len(self._heap) < self._limit:
-            heapq.heappush(self._heap, entry)
-        elif self._heap and entry[:2] > self._heap[0][:2]:
-            heapq.heapreplace(self._heap, entry)
+            heapq.heappush(self._heap, (-last.timestamp(), -self.offered, session))
+        elif self._limit:
+            heapq.heapreplace(self._heap, (-last.timestamp(), -self.offered, session))
+        else:
+            return
+        if len(self._heap) == self._limit:
+            root = self._heap[0][2]
+            self._least_idle = root.updatedAt or root.createdAt
 
     def sessions(self) -> tuple[IdleSession, ...]:
         """Return the kept sessions, the longest idle first, named by their cleaned labels."""
