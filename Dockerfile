@@ -1,21 +1,23 @@
 # syntax=docker/dockerfile:1
 #
-# Image of magnet-exporter: a wheel built from the source, installed into a slim Python
-# image with its runtime dependencies and nothing else. tests/test_deploy.py reproduces
-# both stages' commands outside Docker (same wheel build, same offline install).
+# Image of magnet-exporter: the runtime dependencies exactly as requirements.lock pins them
+# (every file checked against its hash), then the project's own wheel without dependencies,
+# in a slim Python image. The same commit gives the same libraries, whenever it is built.
+# tests/test_deploy.py replays both stages' commands outside Docker; docs/deployment.md
+# says how to update the lock and how to cut a release.
 #
 #   docker build -t magnet-exporter:0.1.0 .
 #   docker run --rm -p 9877:9877 magnet-exporter:0.1.0 --demo
 
-# Build stage: the project's wheel plus the wheels of its dependencies, in /wheels.
+# Build stage: the project's own wheel, in /wheels; its dependencies come from the lock.
 FROM python:3.12.11-slim-bookworm AS builder
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# Runtime stage: installs offline from the builder's wheels; the wheels themselves are
-# only bind-mounted, so they do not stay in a layer.
+# Runtime stage: the lock and the builder's wheel are only bind-mounted, so they do not
+# stay in a layer.
 FROM python:3.12.11-slim-bookworm
 
 ARG VERSION=0.1.0
@@ -30,8 +32,15 @@ LABEL org.opencontainers.image.title="magnet-exporter" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
+# The runtime dependencies as locked for this Python version: pip refuses any file whose
+# hash is not in the lock and any dependency the lock does not pin; wheels only, so that
+# no build step fetches unpinned build tools.
+RUN --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
+    pip install --no-cache-dir --require-hashes --only-binary=:all: -r /tmp/requirements.lock
+
+# The project itself, offline and without dependencies: they are all installed above.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels /wheels/magnet_exporter-*.whl
+    pip install --no-cache-dir --no-index --no-deps /wheels/magnet_exporter-*.whl
 
 WORKDIR /app
 # A numeric, unprivileged user (no passwd entry needed), so that Kubernetes'

@@ -2,9 +2,10 @@
 
 No Docker engine runs on the test machines, so these tests prove what can be proven without
 one: hadolint on the Dockerfile; the image's install path replayed outside Docker (the
-Dockerfile's own RUN commands, executed against a fresh virtual environment, then the
-installed entrypoint serving /metrics and the HEALTHCHECK command run against it); the files
-that the compose file and the Dockerfile copy or mount exist and are in the build context;
+Dockerfile's own RUN commands, executed against a fresh virtual environment: the locked
+dependencies with their hashes, then the project without dependencies; then the installed
+entrypoint serving /metrics and the HEALTHCHECK command run against it); the files that the
+compose file and the Dockerfile copy or mount exist and are in the build context;
 the compose file as Docker Compose itself resolves it (when its binary is installed); the
 Kubernetes manifests' structure, their agreement with the image and the Prometheus job, and
 the PrometheusRule being identical to prometheus/alerts.yml; the deploy commands of
@@ -37,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+LOCK_FILE = REPO_ROOT / "requirements.lock"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 PROMETHEUS_CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
@@ -148,6 +150,14 @@ def stage_env(stage: Stage) -> dict[str, str]:
     return env
 
 
+def run_mounts(instruction: Instruction) -> list[dict[str, str]]:
+    """The `--mount` options of a RUN instruction, each as a dict of its key=value pairs."""
+    mounts = []
+    for match in re.finditer(r"--mount=(\S+)", instruction.args):
+        mounts.append(dict(item.split("=", 1) for item in match.group(1).split(",")))
+    return mounts
+
+
 def builder_and_runtime() -> tuple[Stage, Stage]:
     stages = dockerfile_stages()
     assert len(stages) == 2, "the Dockerfile has a builder stage and a runtime stage"
@@ -185,16 +195,30 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_healthcheck_and_labels() -
     assert match, f"pin the base image to python:X.Y.Z-slim-<debian>, not {runtime.base}"
     assert (int(match.group(1)), int(match.group(2))) >= (3, 10), "the package needs >= 3.10"
 
-    # The builder makes wheels; the runtime stage installs them and takes nothing else from
-    # the build context.
-    assert any("pip wheel" in run.args for run in builder.all("RUN"))
+    # The builder makes the project's wheel alone; the runtime stage installs the locked
+    # dependencies with their hashes checked, then that wheel without dependencies, and takes
+    # nothing else from the build context.
+    (wheel,) = [run for run in builder.all("RUN") if "pip wheel" in run.args]
+    assert "--no-deps" in wheel.args.split(), "the dependencies come from the lock, not the build"
     assert not runtime.all("COPY")
     assert not runtime.all("ADD")
-    (install,) = runtime.all("RUN")
-    flags, command = split_flags(install.args)
-    assert f"from={builder.name}" in flags.get("mount", ""), "install from the builder's wheels"
-    assert "pip install" in command
-    assert "--no-index" in command, "the runtime stage installs only the built wheels"
+    dependencies, project = runtime.all("RUN")
+    _, command = split_flags(dependencies.args)
+    words = command.split()
+    assert words[:2] == ["pip", "install"]
+    assert "--require-hashes" in words, "every downloaded file is checked against the lock"
+    assert "--only-binary=:all:" in words, "no sdist build, which would fetch unpinned tools"
+    (lock_mount,) = run_mounts(dependencies)
+    assert "from" not in lock_mount, "the lock comes from the build context"
+    assert lock_mount["source"] == LOCK_FILE.name
+    assert words[words.index("-r") + 1] == lock_mount["target"], "install the mounted lock"
+    _, command = split_flags(project.args)
+    words = command.split()
+    assert words[:2] == ["pip", "install"]
+    (wheel_mount,) = run_mounts(project)
+    assert wheel_mount.get("from") == builder.name, "install from the builder's wheels"
+    assert "--no-index" in words, "the project is installed from the built wheel only"
+    assert "--no-deps" in words, "the project's dependencies are the locked ones, installed above"
 
     (user,) = runtime.all("USER")
     uid, _, gid = user.args.partition(":")
@@ -291,6 +315,7 @@ def test_dockerignore_keeps_everything_but_the_build_inputs_out() -> None:
         assert not in_build_context(kept_out)
     assert not in_build_context("src/magnet_exporter/__pycache__/cli.cpython-312.pyc")
     assert in_build_context("src/magnet_exporter/__init__.py")
+    assert in_build_context(LOCK_FILE.name)
 
 
 def test_every_file_the_dockerfile_copies_exists_and_is_in_the_build_context() -> None:
@@ -306,6 +331,14 @@ def test_every_file_the_dockerfile_copies_exists_and_is_in_the_build_context() -
             copied.update(f.relative_to(REPO_ROOT).as_posix() for f in files)
     # What the wheel build needs: the project metadata, the readme it names, the package.
     assert {"pyproject.toml", "README.md", "src/magnet_exporter/__init__.py"} <= copied
+    # What the runtime stage bind-mounts from the build context: the lock.
+    _, runtime = builder_and_runtime()
+    context_mounts = [m for run in runtime.all("RUN") for m in run_mounts(run) if "from" not in m]
+    assert context_mounts, "the runtime stage mounts the lock from the build context"
+    for mount in context_mounts:
+        path = REPO_ROOT / mount["source"]
+        assert path.is_file(), f"the Dockerfile mounts {mount['source']}, which does not exist"
+        assert context_files(path), f"{mount['source']} is excluded from the build context"
 
 
 # ------------------------------------------------------------------ the image's install path
@@ -448,7 +481,8 @@ def test_image_install_path_builds_installs_and_serves_metrics(tmp_path: Path) -
     assert not stray, f"the wheel carries more than the package: {stray}"
     print(f"\nwheel {wheel.name}: {wheel.stat().st_size} bytes")
 
-    # Runtime stage: another fresh interpreter; the RUN with the builder's wheels mounted.
+    # Runtime stage: another fresh interpreter; the RUNs with the lock (from the build
+    # context) and the builder's wheels mounted.
     runtime_python = make_venv(tmp_path / "runtime-venv")
     run_fs = FakeRoot(tmp_path / "runtime-root")
     workdir = "/"
@@ -457,18 +491,34 @@ def test_image_install_path_builds_installs_and_serves_metrics(tmp_path: Path) -
             workdir = instruction.args
             run_fs.path(workdir).mkdir(parents=True, exist_ok=True)
         elif instruction.keyword == "RUN":
-            flags, command = split_flags(instruction.args)
-            mount = dict(item.split("=", 1) for item in flags.get("mount", "").split(",") if item)
-            if mount:
-                assert mount.get("from") == builder.name
+            _, command = split_flags(instruction.args)
+            for mount in run_mounts(instruction):
                 assert mount.get("type") == "bind"
-                run_fs.mounts[mount["target"]] = build_fs.path(mount["source"])
+                if "from" in mount:
+                    assert mount["from"] == builder.name
+                    run_fs.mounts[mount["target"]] = build_fs.path(mount["source"])
+                else:
+                    assert in_build_context(mount["source"])
+                    run_fs.mounts[mount["target"]] = REPO_ROOT / mount["source"]
             run_fs.path(workdir).mkdir(parents=True, exist_ok=True)
             run_dockerfile_command(command, run_fs, workdir, runtime_python, pip_env)
             run_fs.mounts.clear()
     build_seconds = time.monotonic() - started
 
-    # Nothing but the package and its runtime dependencies (pip aside) was installed.
+    # The project was installed without dependencies: the lock must have brought every one,
+    # at versions that the package's requirements allow.
+    check = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(runtime_python), "check"],
+        capture_output=True,
+        text=True,
+        env=pip_env,
+        timeout=120,
+        check=False,
+    )
+    assert check.returncode == 0, f"pip check: {check.stdout}{check.stderr}"
+
+    # Nothing but the package and its runtime dependencies (pip aside) was installed: the lock
+    # holds nothing that the dependencies do not need.
     closure = json.loads(
         subprocess.run(
             [str(runtime_python), "-c", CLOSURE_SCRIPT],
