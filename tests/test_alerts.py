@@ -41,6 +41,7 @@ REQUIRED_ALERTS = {
     "MagnetNoNewSessions",
     "MagnetSessionFailureRatioHigh",
     "MagnetSessionStuck",
+    "MagnetStuckSessionsUnlisted",
 }
 # Alerts whose description has no value to show, with the reason.
 NO_VALUES_TO_SHOW = {"MagnetExporterAbsent": "absent() has no value and no labels but job"}
@@ -159,15 +160,32 @@ def test_header_comment_lists_every_alert_and_its_threshold() -> None:
         assert word in header, word
 
 
-def test_the_stuck_session_alert_counts_sessions_idle_for_more_than_an_hour() -> None:
+SESSION_LABELS = ("organization", "session", "repository", "model", "author")
+
+
+def test_the_stuck_session_alert_fires_per_listed_session_idle_for_more_than_an_hour() -> None:
     stuck = next(rule for rule in rules() if rule["alert"] == "MagnetSessionStuck")
     expr = " ".join(stuck["expr"].split())
+    # No aggregation: each listed session is a series, so each stuck one is an alert of its
+    # own, with the session's labels.
+    assert expr == "time() - magnet_idle_session_last_activity_timestamp_seconds > 3600"
+    assert stuck["for"] == "15m"
+    assert stuck["labels"]["severity"] == "warning"
+    text = stuck["annotations"]["summary"] + stuck["annotations"]["description"]
+    for label in SESSION_LABELS:
+        assert f"$labels.{label}" in text, label
+    assert "$value | humanizeDuration" in stuck["annotations"]["summary"]
+
+
+def test_the_unlisted_alert_counts_stuck_sessions_from_the_idle_histogram() -> None:
+    unlisted = next(rule for rule in rules() if rule["alert"] == "MagnetStuckSessionsUnlisted")
+    expr = " ".join(unlisted["expr"].split())
     # The count of the idle histogram minus its bucket of one hour: sessions idle for more.
     assert "magnet_active_session_idle_seconds_gcount" in expr
     assert 'magnet_active_session_idle_seconds_bucket{le="3600.0"}' in expr
-    assert expr.endswith("> 0")
-    assert stuck["for"] == "15m"
-    assert stuck["labels"]["severity"] == "warning"
+    assert "magnet_idle_session_last_activity_timestamp_seconds > 3600" in expr
+    assert "max by (organization) (magnet_idle_sessions_unlisted) > 0" in expr
+    assert unlisted["for"] == "15m"
 
 
 def test_the_failure_ratio_alert_looks_at_the_sessions_started_in_the_past_week() -> None:

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from magnet_exporter import __version__
 from magnet_exporter.client import Outcome
 from magnet_exporter.collector import DataCollector, StatusCollector
-from magnet_exporter.model import GaugeHistogram, SessionGroup, Snapshot
+from magnet_exporter.model import GaugeHistogram, IdleSession, SessionGroup, Snapshot
 from magnet_exporter.poller import PollState
 
 SNAPSHOT = Snapshot(
@@ -35,6 +35,11 @@ SNAPSHOT = Snapshot(
     oldest_active_created=1_699_990_000.0,
     authors_past_day=2,
     authors_past_week=5,
+    idle_sessions=(
+        IdleSession("cm1", "acme/api", "m1", "user_1", 1_699_990_000.0),
+        IdleSession("cm2", "none", "unknown", "unknown", 1_699_995_000.5),
+    ),
+    idle_sessions_unlisted=4,
 )
 
 
@@ -83,6 +88,8 @@ def test_fresh_state_renders_every_family() -> None:
         "magnet_active_session_oldest_created_timestamp_seconds",
         "magnet_session_authors_past_day",
         "magnet_session_authors_past_week",
+        "magnet_idle_session_last_activity_timestamp_seconds",
+        "magnet_idle_sessions_unlisted",
         # In the text format, prometheus-client writes a gauge histogram's count and sum as
         # gauges of their own.
         "magnet_session_duration_seconds_gcount",
@@ -152,6 +159,54 @@ def test_oldest_active_is_absent_without_an_active_session() -> None:
     families = render(PollState(True, snapshot, clock.now, clock.now), clock)
     assert "magnet_active_session_oldest_created_timestamp_seconds" not in families
     assert "magnet_active_session_idle_seconds" in families
+
+
+def test_idle_sessions_render_one_series_each_named_by_their_labels() -> None:
+    clock = FakeClock()
+    families = render(PollState(True, SNAPSHOT, clock.now, clock.now), clock)
+    idle = families["magnet_idle_session_last_activity_timestamp_seconds"]
+    assert idle.type == "gauge"
+    assert [(s.labels, s.value) for s in idle.samples] == [
+        (
+            {
+                "organization": "acme",
+                "session": "cm1",
+                "repository": "acme/api",
+                "model": "m1",
+                "author": "user_1",
+            },
+            1_699_990_000.0,
+        ),
+        (
+            {
+                "organization": "acme",
+                "session": "cm2",
+                "repository": "none",
+                "model": "unknown",
+                "author": "unknown",
+            },
+            1_699_995_000.5,
+        ),
+    ]
+    (unlisted,) = families["magnet_idle_sessions_unlisted"].samples
+    assert (unlisted.labels, unlisted.value) == ({"organization": "acme"}, 4)
+
+
+def test_without_idle_sessions_the_list_is_absent_and_unlisted_is_zero() -> None:
+    clock = FakeClock()
+    snapshot = dataclasses.replace(SNAPSHOT, idle_sessions=(), idle_sessions_unlisted=0)
+    families = render(PollState(True, snapshot, clock.now, clock.now), clock)
+    assert "magnet_idle_session_last_activity_timestamp_seconds" not in families
+    (unlisted,) = families["magnet_idle_sessions_unlisted"].samples
+    assert unlisted.value == 0
+
+
+def test_stale_data_takes_the_idle_sessions_away_too() -> None:
+    clock = FakeClock()
+    state = PollState(False, SNAPSHOT, clock.now - 181, clock.now, Outcome.SERVER_ERROR)
+    families = render(state, clock, stale_after=180)
+    assert "magnet_idle_session_last_activity_timestamp_seconds" not in families
+    assert "magnet_idle_sessions_unlisted" not in families
 
 
 def test_data_help_texts_say_as_of_the_last_poll() -> None:

@@ -65,6 +65,7 @@ CONTRACT_SERIES = {
     "magnet_active_session_oldest_created_timestamp_seconds",
     "magnet_session_authors_past_day",
     "magnet_session_authors_past_week",
+    "magnet_idle_session_last_activity_timestamp_seconds",
 }
 
 
@@ -309,7 +310,7 @@ def test_every_panel_has_a_title_a_one_line_description_and_a_unit() -> None:
         assert description.strip(), f"{title} has no description"
         assert "\n" not in description, f"the description of {title} is not one line"
         assert panel["fieldConfig"]["defaults"].get("unit"), f"{title} has no unit"
-        assert panel["type"] in {"stat", "timeseries"}, title
+        assert panel["type"] in {"stat", "timeseries", "table"}, title
 
 
 def test_panel_ids_are_unique() -> None:
@@ -375,6 +376,7 @@ def test_rows_hold_the_panels_the_issue_asks_for() -> None:
         "Active sessions idle for more than 1 hour": "stat",
         "Age of the oldest active session": "stat",
         "Authors: past day over past week": "stat",
+        "Idle sessions now": "table",
     }
     started = outcomes["Sessions started in the past day by status"]
     assert started["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
@@ -429,7 +431,8 @@ def test_agent_outcome_panels_are_the_documented_formulas() -> None:
             f"histogram_quantile({quantile}, sum by (le, model) "
             f"(magnet_session_duration_seconds_bucket{{{o}}}))"
         )
-    # The same count as the alert MagnetSessionStuck, with le as the exporter writes it.
+    # The same count as the alert MagnetStuckSessionsUnlisted starts from, with le as the
+    # exporter writes it.
     assert queries[("Active sessions idle for more than 1 hour", "A")] == (
         f"sum by (organization) (magnet_active_session_idle_seconds_gcount{{{o}}})"
         " - sum by (organization) "
@@ -439,6 +442,19 @@ def test_agent_outcome_panels_are_the_documented_formulas() -> None:
         "time() - min by (organization) "
         f"(magnet_active_session_oldest_created_timestamp_seconds{{{o}}})"
     )
+    # One row per listed idle session, named, with how long it has been idle, longest first.
+    assert queries[("Idle sessions now", "A")] == (
+        "time() - max by (organization, session, repository, model, author) "
+        f"(magnet_idle_session_last_activity_timestamp_seconds{{{o}}})"
+    )
+    (table,) = [p for p in chart_panels(load_dashboard()) if p["title"] == "Idle sessions now"]
+    (target,) = table["targets"]
+    assert target["instant"] is True
+    assert target["format"] == "table"
+    assert table["fieldConfig"]["defaults"]["unit"] == "s"
+    (organize,) = table["transformations"]
+    assert organize["options"]["renameByName"] == {"Value": "Idle for"}
+    assert table["options"]["sortBy"] == [{"displayName": "Idle for", "desc": True}]
     day = f"max by (organization) (magnet_session_authors_past_day{{{o}}})"
     week = f"max by (organization) (magnet_session_authors_past_week{{{o}}})"
     assert queries[("Authors: past day over past week", "A")] == f"{day} / {week}"

@@ -55,6 +55,34 @@ def test_every_state_is_present_at_every_moment(seed: int, organization: str) ->
         assert document["stats"]["humansPromptingNow"] <= document["stats"]["authorsPastWeek"]
 
 
+def last_activity(session: dict[str, Any]) -> float:
+    return datetime.fromisoformat(session["updatedAt"] or session["createdAt"]).timestamp()
+
+
+@pytest.mark.parametrize(("seed", "organization"), [(0, "acme"), (7, "globex")])
+def test_stuck_sessions_at_every_moment_differ_in_id_repository_and_author(
+    seed: int, organization: str
+) -> None:
+    clock = FakeClock()
+    magnet = SimulatedMagnet(seed, clock)
+    # Every 20 minutes over half a day: a stuck session comes every 2 hours, for 7 hours.
+    for moment in (FIXED_NOW + step * 1200 for step in range(36)):
+        clock.now = moment
+        stuck = [
+            session
+            for session in magnet.sessions_response(organization)["sessions"]
+            if session["status"] == "active" and moment - last_activity(session) > 3600
+        ]
+        assert stuck, f"no session idle for more than an hour at {moment}"
+        for field in (
+            lambda s: s["id"],
+            lambda s: s["metadata"]["repository"],
+            lambda s: s["author"]["id"],
+        ):
+            values = [field(session) for session in stuck]
+            assert len(set(values)) == len(values), (moment, values)
+
+
 def test_answers_parse_with_the_exporters_own_parser() -> None:
     magnet = SimulatedMagnet(0, FakeClock())
     body = json.dumps(magnet.sessions_response("acme")).encode()

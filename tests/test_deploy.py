@@ -42,6 +42,7 @@ LOCK_FILE = REPO_ROOT / "requirements.lock"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 PROMETHEUS_CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = REPO_ROOT / "alertmanager" / "alertmanager.yml"
 ALERTS = REPO_ROOT / "prometheus" / "alerts.yml"
 KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
 DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
@@ -698,6 +699,45 @@ def test_prometheus_config_is_valid_for_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_compose_alertmanager_reads_the_shipped_config_and_prometheus_sends_to_it() -> None:
+    alertmanager = compose()["services"]["alertmanager"]
+    assert alertmanager["image"].startswith("prom/alertmanager:")
+    mounts = dict((target, source) for source, target in bind_mounts(alertmanager))
+    config_flag = [a for a in alertmanager["command"] if a.startswith("--config.file=")]
+    config_path = config_flag[0].split("=", 1)[1]
+    assert (REPO_ROOT / mounts[config_path]).resolve() == ALERTMANAGER_CONFIG
+    ((_, container_port),) = published_ports(alertmanager)
+    (sender,) = prometheus_config()["alerting"]["alertmanagers"]
+    targets = [t for c in sender["static_configs"] for t in c["targets"]]
+    assert targets == [f"alertmanager:{container_port}"]
+
+
+def amtool() -> str:
+    path = shutil.which("amtool")
+    if path is None:
+        pytest.skip("amtool is not installed (Debian package prometheus-alertmanager)")
+    return path
+
+
+def test_alertmanager_config_is_valid_for_amtool_and_groups_by_alertname_and_organization() -> None:
+    result = subprocess.run(
+        [amtool(), "check-config", str(ALERTMANAGER_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    route = config["route"]
+    assert route["group_by"] == ["alertname", "organization"]
+    # The receiver is left for the operator to fill: nothing is sent to a made-up address.
+    (receiver,) = config["receivers"]
+    assert receiver == {"name": route["receiver"]}
+    # Every alert reaches it: no sub-route sends some elsewhere.
+    assert "routes" not in route
+
+
 def test_compose_grafana_has_anonymous_viewers_admin_password_and_provisioning() -> None:
     grafana = compose()["services"]["grafana"]
     env = grafana["environment"]
@@ -804,14 +844,14 @@ def test_compose_resolves_demo_and_real_modes(tmp_path: Path) -> None:
 
     # `docker compose --profile demo up` on a fresh clone (no .env).
     services = resolved_services(project, "--profile", "demo")
-    assert set(services) == {"exporter-demo", "prometheus", "grafana"}
+    assert set(services) == {"exporter-demo", "prometheus", "alertmanager", "grafana"}
     assert services["exporter-demo"]["command"] == ["--demo"]
 
     # `cp .env.example .env`, set the key, `docker compose up`.
     env_text = ENV_EXAMPLE.read_text().replace("MAGNET_API_KEY=", "MAGNET_API_KEY=test-key-123")
     (project / ".env").write_text(env_text)
     services = resolved_services(project)
-    assert set(services) == {"exporter", "prometheus", "grafana"}
+    assert set(services) == {"exporter", "prometheus", "alertmanager", "grafana"}
     assert services["exporter"]["environment"]["MAGNET_API_KEY"] == "test-key-123"
     grafana_env = services["grafana"]["environment"]
     assert (
@@ -821,7 +861,7 @@ def test_compose_resolves_demo_and_real_modes(tmp_path: Path) -> None:
 
     # The demo command still starts only the demo exporter when that .env exists.
     services = resolved_services(project, "--profile", "demo")
-    assert set(services) == {"exporter-demo", "prometheus", "grafana"}
+    assert set(services) == {"exporter-demo", "prometheus", "alertmanager", "grafana"}
 
 
 # -------------------------------------------------------------------------- Kubernetes

@@ -47,6 +47,7 @@ DATA_FAMILIES = {
     "magnet_sessions_created_past_week",
     "magnet_session_authors_past_day",
     "magnet_session_authors_past_week",
+    "magnet_idle_sessions_unlisted",
 }
 LIVE_FAMILIES = {
     "magnet_up",

@@ -21,14 +21,17 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import FIXED_NOW, FakeClock, RunningExporter
+from conftest import FIXED_NOW, SECRET_KEY, FakeClock, RunningExporter, make_settings
+from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from magnet_exporter.cli import Exporter, http_client
 from magnet_exporter.demo import DemoApiServer, Fault, Population, SimulatedMagnet
 from magnet_exporter.logs import JsonFormatter, LogfmtFormatter
+from magnet_exporter.model import IDLE_SESSION_LABELS
 
 Factory = Callable[..., RunningExporter]
 NOW = FIXED_NOW
@@ -283,6 +286,96 @@ def test_insight_metrics_match_an_independent_reduction(
     }
 
 
+def with_ids(sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sessions with an id each, as Magnet lists them, but a few without a usable one."""
+    for index, item in enumerate(sessions):
+        item["id"] = f"cm{index:04d}"
+        item["metadata"] = {**(item["metadata"] or {}), "repository": f"acme/r{index % 3}"}
+    sessions[-5]["id"] = "  "
+    sessions[-6].pop("id")
+    return sessions
+
+
+def idle_list(document: dict[str, Any], after: float, limit: int) -> tuple[list[Any], int]:
+    """The idle sessions to list, longest idle first, and how many the limit leaves out."""
+    found = []
+    for index, item in enumerate(document["sessions"]):
+        created, updated = moment(item.get("createdAt")), moment(item.get("updatedAt"))
+        last = updated if updated is not None else created
+        session_id = clean(item.get("id"), "", False)
+        active = clean(item.get("status"), "unknown", True) == "active"
+        if not active or last is None or NOW - last < after or not session_id:
+            continue
+        labels = {
+            "session": session_id,
+            "repository": clean((item.get("metadata") or {}).get("repository"), "none", False),
+            "model": clean(item.get("model"), "unknown", False),
+            "author": clean((item.get("author") or {}).get("id"), "unknown", False),
+        }
+        found.append((last, index, tuple(sorted(labels.items()))))
+    found.sort()
+    return [(labels, last) for last, _, labels in found[:limit]], max(0, len(found) - limit)
+
+
+@pytest.mark.parametrize(("after", "limit"), [(900, 10), (3600, 3), (0, 1000), (900, 0)])
+def test_idle_sessions_match_an_independent_reduction(
+    exporter_factory: Factory, api: FixedApi, after: float, limit: int
+) -> None:
+    document = {"sessions": with_ids(edge_sessions())}
+    api.body = json.dumps(document).encode()
+    exporter = exporter_factory(
+        FakeClock(NOW),
+        api_url=api.url,
+        idle_session_seconds=after,
+        idle_sessions_max=limit,
+    )
+    assert exporter.poll().up
+    expected, unlisted = idle_list(document, after, limit)
+    # The body is worth testing against: sessions listed (unless none may be), and sessions
+    # left out by the smaller limits.
+    assert expected or limit == 0
+    assert unlisted or limit == 1000
+    body = exporter.get("/metrics").text
+    served = [
+        (tuple(sorted((k, v) for k, v in s.labels.items() if k != "organization")), s.value)
+        for f in text_string_to_metric_families(body)
+        if f.name == "magnet_idle_session_last_activity_timestamp_seconds"
+        for s in f.samples
+    ]
+    # In the order served: the longest idle first.
+    assert served == expected
+    assert scraped(exporter, "magnet_idle_sessions_unlisted") == {(): unlisted}
+    assert "Somebody" not in body
+
+
+def test_idle_sessions_come_back_from_a_poll_worker(api: FixedApi) -> None:
+    document = {"sessions": with_ids(edge_sessions())}
+    api.body = json.dumps(document).encode()
+    settings = make_settings(
+        api_url=api.url,
+        api_key=SECRET_KEY,
+        worker_threshold_bytes=0,  # every poll in a worker process, the first one too
+        idle_session_seconds=3600,
+        idle_sessions_max=3,
+    )
+    with http_client(settings) as http:
+        exporter = Exporter(settings, http, CollectorRegistry(), FakeClock(NOW), workers=True)
+        try:
+            (poller,) = exporter.pollers.values()
+            state = poller.poll_once()
+        finally:
+            exporter.close()
+    assert state.up
+    assert state.snapshot is not None
+    expected, unlisted = idle_list(document, 3600, 3)
+    assert unlisted
+    assert [
+        (tuple(sorted(zip(IDLE_SESSION_LABELS, idle.labels, strict=True))), idle.last_activity)
+        for idle in state.snapshot.idle_sessions
+    ] == expected
+    assert state.snapshot.idle_sessions_unlisted == unlisted
+
+
 def test_the_edges_reach_every_bucket_and_window() -> None:
     """The body above is worth testing against: each bucket and window holds something."""
     expected = reduce({"sessions": edge_sessions()}, ("status", "model"))
@@ -430,10 +523,12 @@ def test_a_clean_poll_logs_no_such_line_and_every_field_starts_at_zero(
     invalid = scraped(exporter, "magnet_exporter_invalid_values_total")
     assert {dict(k)["field"] for k in invalid} == {
         "sessions",
+        "sessions.id",
         "sessions.status",
         "sessions.model",
         "sessions.metadata",
         "sessions.metadata.prStatus",
+        "sessions.metadata.repository",
         "sessions.author",
         "sessions.author.id",
         "sessions.createdAt",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,15 @@ import pytest
 
 from magnet_exporter.client import Outcome, PollError
 from magnet_exporter.demo import Population, SimulatedMagnet
-from magnet_exporter.model import SessionGroup, parse_snapshot
+from magnet_exporter.model import (
+    MAX_LABEL_LENGTH,
+    IdleListing,
+    IdleSession,
+    SessionGroup,
+    Snapshot,
+    SnapshotParser,
+    parse_snapshot,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "api" / "list-sessions.example.json"
 LABELS = ("status", "pr_status", "model")
@@ -330,10 +340,22 @@ def test_stats_that_are_not_an_object_export_no_stats(value: Any) -> None:
 
 
 def test_only_fields_the_exporter_reads_are_checked() -> None:
-    session = {**GOOD, "metadata": "n/a", "model": 5, "title": 7, "prNumber": "x"}
+    metadata = {**GOOD["metadata"], "branch": 5, "prNumber": "x", "prUrl": ["u"]}
+    session = {**GOOD, "metadata": metadata, "title": 7, "imageUrl": 3}
     snapshot = parse_snapshot(body([session]), ("status",), NOW)
     assert dict(snapshot.sessions) == {("completed",): SessionGroup(1, 5, 1, 1)}
     assert dict(snapshot.invalid) == {}
+
+
+def test_the_fields_that_name_idle_sessions_are_read_and_checked_whatever_the_labels() -> None:
+    session = {**GOOD, "id": 12, "metadata": "n/a", "model": 5}
+    snapshot = parse_snapshot(body([session]), ("status",), NOW)
+    assert dict(snapshot.sessions) == {("completed",): SessionGroup(1, 5, 1, 1)}
+    assert dict(snapshot.invalid) == {
+        "sessions.id": 1,
+        "sessions.metadata": 1,
+        "sessions.model": 1,
+    }
 
 
 def test_several_bad_values_are_counted_by_field() -> None:
@@ -394,6 +416,120 @@ def test_nulls_beside_a_bad_value_are_missing_values_not_bad_ones() -> None:
     nested_nulls = {"status": 5, "metadata": {"prStatus": None}, "author": {"id": None}}
     snapshot = parse_snapshot(body([nested_nulls], {"mergesPastWeek": None}), ALL_LABELS, NOW)
     assert dict(snapshot.invalid) == {"sessions.status": 1}
+
+
+# --- Idle sessions by name -------------------------------------------------------------
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def idle_session(
+    session_id: Any, idle_seconds: float, status: str = "active", **fields: Any
+) -> dict[str, Any]:
+    """An active session whose last activity (updatedAt) is `idle_seconds` before NOW."""
+    return {
+        "id": session_id,
+        "status": status,
+        "createdAt": iso(NOW - idle_seconds - 600),
+        "updatedAt": iso(NOW - idle_seconds),
+        "model": "claude-opus-4-6",
+        "author": {"id": "user_1", "name": "Alice Chen"},
+        "metadata": {"repository": "acme/api"},
+        **fields,
+    }
+
+
+def listed(snapshot: Snapshot) -> list[tuple[str, float]]:
+    return [(idle.session, NOW - idle.last_activity) for idle in snapshot.idle_sessions]
+
+
+def test_idle_sessions_are_listed_by_name_longest_idle_first() -> None:
+    sessions = [
+        idle_session("s-fresh", 60),
+        idle_session("s-900", 900),  # at least the threshold: listed
+        idle_session("s-day", 86_400),
+        idle_session("s-899", 899),
+        idle_session("s-hour", 3_700, model=" gpt-5-codex ", author={"id": "user_2"}),
+    ]
+    parser = SnapshotParser(("status",), IdleListing(after_seconds=900, limit=10))
+    snapshot = parser.parse(body(sessions), NOW)
+    assert listed(snapshot) == [("s-day", 86_400), ("s-hour", 3_700), ("s-900", 900)]
+    assert snapshot.idle_sessions[1] == IdleSession(
+        "s-hour", "acme/api", "gpt-5-codex", "user_2", NOW - 3_700
+    )
+    assert snapshot.idle_sessions_unlisted == 0
+
+
+def test_idle_session_labels_follow_the_label_rules_and_never_carry_names() -> None:
+    long_repository = "acme/" + "r" * 300
+    sessions = [
+        idle_session("  s1  ", 2_000, metadata={"repository": long_repository}),
+        idle_session("s2", 3_000, model=None, author=None, metadata=None),
+        idle_session("s3", 4_000, model="  ", author={"name": "Bo"}, metadata={}),
+    ]
+    snapshot = SnapshotParser(("status",)).parse(body(sessions), NOW)
+    assert [idle.labels for idle in snapshot.idle_sessions] == [
+        ("s3", "none", "unknown", "unknown"),
+        ("s2", "none", "unknown", "unknown"),
+        ("s1", long_repository[:MAX_LABEL_LENGTH], "claude-opus-4-6", "user_1"),
+    ]
+    assert "Alice" not in repr(snapshot)
+    assert "Bo" not in repr(snapshot.idle_sessions)
+
+
+def test_only_active_sessions_with_a_usable_id_are_listed() -> None:
+    sessions = [
+        idle_session("done", 9_000, status="completed"),
+        idle_session("failed", 9_000, status="failed"),
+        idle_session("shouting", 8_000, status=" Active "),  # cleaned: active
+        idle_session(None, 7_000),
+        idle_session("   ", 7_000),
+        idle_session(12_345, 7_000),  # not a string: unreadable, counted as invalid
+        {"id": "no-times", "status": "active"},
+        {"id": "created-only", "status": "active", "createdAt": iso(NOW - 5_000)},
+    ]
+    snapshot = SnapshotParser(("status",)).parse(body(sessions), NOW)
+    assert listed(snapshot) == [("shouting", 8_000), ("created-only", 5_000)]
+    assert snapshot.idle_sessions_unlisted == 0
+    assert snapshot.invalid == {"sessions.id": 1}
+
+
+def test_the_limit_keeps_the_longest_idle_and_counts_the_rest() -> None:
+    sessions = [idle_session(f"s{i}", 1_000 + 100 * i) for i in range(7)]
+    two = SnapshotParser(("status",), IdleListing(900, 2)).parse(body(sessions), NOW)
+    assert listed(two) == [("s6", 1_600), ("s5", 1_500)]
+    assert two.idle_sessions_unlisted == 5
+    none = SnapshotParser(("status",), IdleListing(900, 0)).parse(body(sessions), NOW)
+    assert none.idle_sessions == ()
+    assert none.idle_sessions_unlisted == 7
+
+
+def test_equally_idle_sessions_are_listed_in_the_order_of_the_answer() -> None:
+    sessions = [idle_session(f"s{i}", 2_000) for i in range(5)]
+    snapshot = SnapshotParser(("status",), IdleListing(900, 3)).parse(body(sessions), NOW)
+    assert [idle.session for idle in snapshot.idle_sessions] == ["s0", "s1", "s2"]
+    assert snapshot.idle_sessions_unlisted == 2
+
+
+def test_the_fields_read_for_the_list_do_not_split_the_session_groups() -> None:
+    sessions = [
+        idle_session("a", 2_000, model="m1", author={"id": "u1"}, metadata={"repository": "r1"}),
+        idle_session("b", 3_000, model="m1", author={"id": "u2"}, metadata={"repository": "r2"}),
+        idle_session("c", 10, model="m1", author={"id": "u3"}, metadata=None),
+    ]
+    snapshot = SnapshotParser(("status", "model")).parse(body(sessions), NOW)
+    assert dict(snapshot.sessions) == {("active", "m1"): SessionGroup(3, 0, 3, 3)}
+    assert [idle.session for idle in snapshot.idle_sessions] == ["b", "a"]
+
+
+def test_idle_sessions_travel_from_a_worker() -> None:
+    sessions = [idle_session("s1", 2_000), idle_session("s2", 1_000)]
+    snapshot = SnapshotParser(("status",), IdleListing(900, 1)).parse(body(sessions), NOW)
+    travelled = pickle.loads(pickle.dumps(snapshot))  # noqa: S301 (our own bytes)
+    assert travelled.idle_sessions == snapshot.idle_sessions
+    assert travelled.idle_sessions_unlisted == 1
 
 
 def realistic(sessions: int = 2_000) -> dict[str, Any]:

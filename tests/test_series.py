@@ -9,6 +9,7 @@ from magnet_exporter.model import (
     DURATION_BUCKETS,
     IDLE_BUCKETS,
     GaugeHistogram,
+    IdleSession,
     SessionGroup,
     Snapshot,
 )
@@ -149,3 +150,28 @@ def test_histogram_series_stay_once_exported_and_fold_like_the_sessions() -> Non
     assert later.durations[("completed", "m0")] == GaugeHistogram.empty(DURATION_BUCKETS)
     assert later.idle[(OTHER,)] == GaugeHistogram.empty(IDLE_BUCKETS)
     assert set(later.durations) == set(stable.durations)
+
+
+def test_idle_sessions_are_a_list_neither_kept_nor_folded_into_other() -> None:
+    # Two values per label at most: the session metrics fold the third into `other`, the
+    # idle sessions keep their names (they are bounded by their own limit instead).
+    series = SessionSeries(("model",), 5)
+    names = [f"m{i}" for i in range(8)]
+    idle = tuple(
+        IdleSession(f"cm{i}", "acme/api", m, "user_1", 100.0 + i) for i, m in enumerate(names)
+    )
+    first = dataclasses.replace(
+        snapshot(("model",), {(m,): SessionGroup(1, 1) for m in names}),
+        idle_sessions=idle,
+        idle_sessions_unlisted=3,
+    )
+    stable, overflowing = series.stabilize(first)
+    assert overflowing == ["model"]
+    assert (OTHER,) in stable.sessions
+    assert stable.idle_sessions == idle
+    assert stable.idle_sessions_unlisted == 3
+    # The next poll lists one session: the others are gone, not kept at 0.
+    later = dataclasses.replace(first, idle_sessions=idle[:1], idle_sessions_unlisted=0)
+    stable, _ = series.stabilize(later)
+    assert stable.idle_sessions == idle[:1]
+    assert stable.idle_sessions_unlisted == 0

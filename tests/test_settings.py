@@ -8,6 +8,7 @@ import pydantic
 import pytest
 from conftest import SECRET_KEY, make_settings
 
+from magnet_exporter.model import IdleListing
 from magnet_exporter.settings import Settings, describe_errors
 
 
@@ -28,6 +29,7 @@ def test_defaults() -> None:
     assert settings.listen_host_port == ("0.0.0.0", 9877)
     assert settings.session_labels == ("status", "pr_status", "model")
     assert settings.max_label_values == 100
+    assert settings.idle_listing == IdleListing(after_seconds=900, limit=10)
     assert (settings.log_level, settings.log_format) == ("info", "logfmt")
 
 
@@ -89,6 +91,11 @@ def test_key_is_stripped_and_hidden() -> None:
         ({"listen_address": "localhost"}, "MAGNET_LISTEN_ADDRESS (--listen-address): must be"),
         ({"listen_address": "0.0.0.0:99999"}, "MAGNET_LISTEN_ADDRESS (--listen-address): must"),
         ({"max_label_values": 0}, "MAGNET_MAX_LABEL_VALUES (--max-label-values): "),
+        ({"idle_session_seconds": -1}, "MAGNET_IDLE_SESSION_SECONDS (--idle-session-seconds): "),
+        ({"idle_session_seconds": "soon"}, "MAGNET_IDLE_SESSION_SECONDS (--idle-session-"),
+        ({"idle_sessions_max": -1}, "MAGNET_IDLE_SESSIONS_MAX (--idle-sessions-max): "),
+        ({"idle_sessions_max": 1001}, "MAGNET_IDLE_SESSIONS_MAX (--idle-sessions-max): "),
+        ({"idle_session_seconds": 2_592_001}, "MAGNET_IDLE_SESSION_SECONDS (--idle-session-"),
         ({"api_url": "magnet.run"}, "MAGNET_API_URL (--api-url): must be an http"),
         ({"log_level": "loud"}, "MAGNET_LOG_LEVEL (--log-level): "),
         ({"log_format": "xml"}, "MAGNET_LOG_FORMAT (--log-format): "),
@@ -109,6 +116,11 @@ def test_every_problem_gets_its_own_line() -> None:
         "MAGNET_LISTEN_ADDRESS",
         "MAGNET_LOG_FORMAT",
     ]
+
+
+def test_the_idle_listing_takes_both_settings_and_zero_lists_none() -> None:
+    settings = make_settings(api_key="k", idle_session_seconds=3600, idle_sessions_max=0)
+    assert settings.idle_listing == IdleListing(after_seconds=3600, limit=0)
 
 
 def test_listen_address_forms() -> None:

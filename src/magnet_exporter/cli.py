@@ -78,6 +78,18 @@ _OPTIONS: Sequence[tuple[str, type, str, str]] = (
         "model, repository, author (default status,pr_status,model)",
     ),
     ("max_label_values", int, "N", "distinct values per label before 'other' (default 100)"),
+    (
+        "idle_session_seconds",
+        float,
+        "SECONDS",
+        "list active sessions idle at least this long by name (default 900)",
+    ),
+    (
+        "idle_sessions_max",
+        int,
+        "N",
+        "idle sessions listed per organization, the longest idle first, 0 for none (default 10)",
+    ),
     ("log_level", str, "LEVEL", "debug, info, warning or error (default info)"),
     ("log_format", str, "FORMAT", "logfmt or json (default logfmt)"),
     (
@@ -228,7 +240,7 @@ def _source(
         target.organization_id,
         max_response_bytes=settings.max_response_bytes,
     )
-    here = InProcessSource(client, settings.session_labels, clock)
+    here = InProcessSource(client, settings.session_labels, clock, settings.idle_listing)
     if pool is None:
         return here
     there = WorkerSource(pool, target.organization_id, target.key, clock)
@@ -241,6 +253,7 @@ def _worker_pool(settings: Settings, organizations: int) -> WorkerPool:
         label_names=settings.session_labels,
         timeout=settings.request_timeout_seconds,
         max_response_bytes=settings.max_response_bytes,
+        idle_listing=settings.idle_listing,
     )
     return WorkerPool(config, min(organizations, MAX_WORKERS))
 

@@ -20,6 +20,7 @@ from magnet_exporter.model import (
     DURATION_LABELS,
     IDLE_BUCKETS,
     IDLE_LABELS,
+    IDLE_SESSION_LABELS,
     GaugeHistogram,
     Snapshot,
     kept,
@@ -205,6 +206,18 @@ class _DataFamilies:
             field: _gauge(name, documentation + AS_OF)
             for field, name, documentation in ORGANIZATION_METRICS
         }
+        self._idle_sessions = _gauge(
+            "magnet_idle_session_last_activity_timestamp_seconds",
+            "Unix time of the last activity of each active session idle for at least "
+            "MAGNET_IDLE_SESSION_SECONDS, the longest idle first, at most "
+            "MAGNET_IDLE_SESSIONS_MAX per organization." + AS_OF,
+            IDLE_SESSION_LABELS,
+        )
+        self._idle_unlisted = _gauge(
+            "magnet_idle_sessions_unlisted",
+            "Active sessions idle for at least MAGNET_IDLE_SESSION_SECONDS that "
+            "MAGNET_IDLE_SESSIONS_MAX left out." + AS_OF,
+        )
 
     def add(self, organization: str, snapshot: Snapshot) -> None:
         """Add one organization's samples."""
@@ -224,6 +237,10 @@ class _DataFamilies:
             value = getattr(snapshot, field)
             if value is not None:  # no active session: no oldest one, rather than a made-up 0
                 family.add_metric([organization], value)
+        # A list, not a set of states: a session's series goes when it is no longer listed.
+        for idle in snapshot.idle_sessions:
+            self._idle_sessions.add_metric([organization, *idle.labels], idle.last_activity)
+        self._idle_unlisted.add_metric([organization], snapshot.idle_sessions_unlisted)
 
     def families(self) -> Iterator[Metric]:
         """Every family, empty ones included (the caller drops those)."""
@@ -237,6 +254,8 @@ class _DataFamilies:
             self._idle,
         )
         yield from self._organization.values()
+        yield self._idle_sessions
+        yield self._idle_unlisted
 
 
 def _add_histogram(

@@ -215,7 +215,9 @@ class SimulatedMagnet:
     which keep the numbers moving), one every few hours over the past two weeks that takes
     from a minute to more than a day (for the windows and the duration histogram), and one
     every two hours over the past day that gets stuck: no activity after its first minutes,
-    until it fails seven hours later (for the idle histogram and the stuck-session alert).
+    until it fails seven hours later (for the idle histogram, the idle sessions listed by
+    name and the stuck-session alert; those stuck at once have distinct repositories and
+    authors).
     """
 
     def __init__(
@@ -297,7 +299,16 @@ class SimulatedMagnet:
             last = created + min(now - created, STUCK_ACTIVITY) // 7 * 7
             session["updatedAt"] = _iso(last)
             session["messageCount"] = 1 + int((last - created) // 7)
-            session["metadata"] = {"repository": f"{org.name}/{rng.choice(REPOSITORIES)}"}
+            # By turns, so that the (up to four) stuck at once differ in repository and author.
+            repository = REPOSITORIES[index % len(REPOSITORIES)]
+            session["metadata"] = {"repository": f"{org.name}/{repository}"}
+            person = org.people[index % len(org.people)]
+            number = PEOPLE.index(person) + 1
+            session["author"] = {
+                "id": f"user_{number}",
+                "name": person,
+                "imageUrl": f"https://avatars.example.com/{number}.png",
+            }
             sessions.append(session)
         return sessions
 

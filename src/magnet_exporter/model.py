@@ -8,6 +8,7 @@ a body that cannot be used as a whole (not JSON, not an object, no `sessions` ar
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,10 +55,12 @@ _LABEL_PATHS: Mapping[str, tuple[str, str | None]] = {
     "model": ("model", None),
     "repository": ("metadata", "repository"),
     "author": ("author", "id"),
+    "session": ("id", None),  # not a session label: the label of the idle sessions only
 }
-# Read whatever the labels: status splits finished from active sessions, and author.id
-# counts the authors of the past day and week.
-_ALWAYS_READ = ("status", "author")
+# Read whatever the labels: status splits finished from active sessions, author.id counts
+# the authors of the past day and week, and the idle sessions are named by all four others.
+# Only the labels and the status group sessions: the rest never split a group.
+_ALWAYS_READ = ("status", "author", "session", "repository", "model")
 _OPTIONAL_TEXT: Any = str | None
 # Bounded so that sums stay exact as floats in the exposition (Python ints are unbounded).
 _COUNT: Any = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
@@ -155,6 +158,39 @@ def _empty() -> Mapping[Any, Any]:
     return MappingProxyType({})
 
 
+IDLE_SESSION_LABELS = ("session", "repository", "model", "author")
+"""The labels of an idle session, after `organization`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IdleSession:
+    """An active session idle past the listing threshold, named by its labels."""
+
+    session: str
+    """The session's `id`."""
+    repository: str
+    model: str
+    author: str
+    """The author's id, never the name."""
+    last_activity: float
+    """`updatedAt`, else `createdAt`, as Unix seconds."""
+
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        """The label values, in the order of `IDLE_SESSION_LABELS`."""
+        return (self.session, self.repository, self.model, self.author)
+
+
+@dataclasses.dataclass(frozen=True)
+class IdleListing:
+    """Which idle sessions a snapshot lists by name."""
+
+    after_seconds: float = 900.0
+    """Active sessions idle at least this long are listed."""
+    limit: int = 10
+    """At most this many, the longest idle first; 0 lists none (all count as unlisted)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """One successful poll, reduced to what the metrics need."""
@@ -175,6 +211,10 @@ class Snapshot:
     authors_past_week: int = 0
     invalid: Mapping[str, int] = dataclasses.field(default_factory=_empty)
     """Values read as missing because they were unreadable, by field path."""
+    idle_sessions: tuple[IdleSession, ...] = ()
+    """The active sessions idle past the listing threshold, the longest idle first, bounded."""
+    idle_sessions_unlisted: int = 0
+    """The active sessions idle past the threshold that the bound left out."""
 
     def __reduce__(self) -> tuple[Callable[..., Snapshot], tuple[Any, ...]]:
         """Pickle as plain dicts: snapshots come back from poll workers."""
@@ -236,6 +276,8 @@ class _Pass:
     authors_day: set[str]
     authors_week: set[str]
     oldest_active: datetime | None
+    idle_sessions: tuple[IdleSession, ...] = ()
+    idle_unlisted: int = 0
 
 
 class _Grouping:
@@ -310,7 +352,62 @@ def _key_function(
     )
 
 
-def _one_pass(grouping: _Grouping, sessions: list[Any], now: datetime) -> _Pass:
+class _IdleSelection:
+    """The longest idle of the active sessions offered, at most `limit`, in a bounded heap.
+
+    A session is offered only when it is active and idle past the threshold; keeping the
+    `limit` longest idle costs O(log limit) per such session, never a sort of them all.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        # A min-heap of (-last activity, -arrival, session): its root is the least idle
+        # session kept, the first to go; of equally idle ones, the later in the answer goes.
+        self._heap: list[tuple[float, int, Any]] = []
+        # The root's last activity once the heap is full: a session at least as recent is
+        # left out with one comparison.
+        self._least_idle: datetime | None = None
+        self.offered = 0
+
+    def offer(self, session: Any, last: datetime) -> None:
+        """Consider one active session idle past the threshold; one without an id is not."""
+        if not session.id or not session.id.strip():
+            return
+        self.offered += 1
+        if self._least_idle is not None and last >= self._least_idle:
+            return
+        if len(self._heap) < self._limit:
+            heapq.heappush(self._heap, (-last.timestamp(), -self.offered, session))
+        elif self._limit:
+            heapq.heapreplace(self._heap, (-last.timestamp(), -self.offered, session))
+        else:
+            return
+        if len(self._heap) == self._limit:
+            root = self._heap[0][2]
+            self._least_idle = root.updatedAt or root.createdAt
+
+    def sessions(self) -> tuple[IdleSession, ...]:
+        """Return the kept sessions, the longest idle first, named by their cleaned labels."""
+        return tuple(
+            _idle_session(session, -negative_last)
+            for negative_last, _, session in sorted(self._heap, reverse=True)
+        )
+
+
+def _idle_session(session: Any, last_activity: float) -> IdleSession:
+    metadata, author = session.metadata, session.author
+    return IdleSession(
+        session=session.id.strip()[:MAX_LABEL_LENGTH],
+        repository=_label_value("repository", metadata.repository if metadata else None),
+        model=_label_value("model", session.model),
+        author=_label_value("author", author.id if author else None),
+        last_activity=last_activity,
+    )
+
+
+def _one_pass(
+    grouping: _Grouping, sessions: list[Any], now: datetime, listing: IdleListing
+) -> _Pass:
     """Count, window and time every session; raises TypeError on a naive or numeric time.
 
     The loop over every session does only what every session needs; sessions active now or
@@ -360,6 +457,8 @@ def _one_pass(grouping: _Grouping, sessions: list[Any], now: datetime) -> _Pass:
                 group.durations[duration_sum] += seconds
     oldest_active: datetime | None = None
     idle_sum = len(IDLE_BUCKETS) + 1
+    idle_from = now - timedelta(seconds=listing.after_seconds)
+    selection = _IdleSelection(listing.limit)
     for group, session, last in active:
         seconds = max(0.0, (now - last).total_seconds())
         group.idle[bisect_left(IDLE_BUCKETS, seconds)] += 1
@@ -367,7 +466,17 @@ def _one_pass(grouping: _Grouping, sessions: list[Any], now: datetime) -> _Pass:
         created = session.createdAt
         if created is not None and (oldest_active is None or created < oldest_active):
             oldest_active = created
-    return _Pass(groups, authors_day, authors_week, oldest_active)
+        if last <= idle_from:
+            selection.offer(session, last)
+    listed = selection.sessions()
+    return _Pass(
+        groups,
+        authors_day,
+        authors_week,
+        oldest_active,
+        listed,
+        selection.offered - len(listed),
+    )
 
 
 def _histogram(accumulated: list[float]) -> GaugeHistogram:
@@ -437,8 +546,9 @@ class _Invalid:
 class SnapshotParser:
     """Turns List Sessions bodies into snapshots, for one set of session labels."""
 
-    def __init__(self, label_names: Sequence[str]) -> None:
+    def __init__(self, label_names: Sequence[str], idle_listing: IdleListing | None = None) -> None:
         self.label_names = tuple(label_names)
+        self.idle_listing = idle_listing or IdleListing()
         self._nested = _nested_fields(self.label_names)
         self._inner_types: dict[str, Any] = {
             field: _struct(field.title(), ((name, _OPTIONAL_TEXT) for name in inner))
@@ -500,10 +610,10 @@ class SnapshotParser:
             del response
         moment = datetime.fromtimestamp(now, timezone.utc)
         try:
-            reduced = _one_pass(self._grouping, sessions, moment)
+            reduced = _one_pass(self._grouping, sessions, moment, self.idle_listing)
         except TypeError:  # naive or numeric timestamps: make them all aware, then again
             sessions = [self._aware(session, invalid) for session in sessions]
-            reduced = _one_pass(self._grouping, sessions, moment)
+            reduced = _one_pass(self._grouping, sessions, moment, self.idle_listing)
         last_created = _newest(map(attrgetter("createdAt"), sessions))
         last_updated = _newest(map(attrgetter("updatedAt"), sessions))
         del sessions  # per-session objects are not kept past this point
@@ -543,6 +653,8 @@ class SnapshotParser:
             authors_past_day=_distinct(reduced.authors_day),
             authors_past_week=_distinct(reduced.authors_week),
             invalid=MappingProxyType(invalid.counts),
+            idle_sessions=reduced.idle_sessions,
+            idle_sessions_unlisted=reduced.idle_unlisted,
         )
 
     def _read_tolerantly(self, body: bytes | bytearray, invalid: _Invalid) -> tuple[list[Any], Any]:

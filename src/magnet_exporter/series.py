@@ -51,7 +51,8 @@ class SessionSeries:
     Admitted values and exported label combinations are kept for the life of the process, so a
     series never vanishes between polls (it drops to 0) and values never flap in and out of
     `other`. The duration and idle histograms, whose labels are some of the session labels,
-    fold the same values into `other`.
+    fold the same values into `other`. The idle sessions pass through as they are: they are a
+    list bounded by its own limit, whose entries come and go, and their names must stay whole.
     """
 
     def __init__(self, label_names: Sequence[str], max_label_values: int) -> None:

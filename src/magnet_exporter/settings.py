@@ -19,7 +19,7 @@ from pydantic_settings import (
 
 from magnet_exporter.config_file import ConfigFileSource, Organization, read_config_file
 from magnet_exporter.keys import ApiKey, ApiKeyFile, KeyFile, StaticKey
-from magnet_exporter.model import SESSION_LABELS
+from magnet_exporter.model import SESSION_LABELS, IdleListing
 
 MIN_POLL_INTERVAL_SECONDS = 5.0
 DEMO_API_KEY = SecretStr("demo")
@@ -39,6 +39,8 @@ FLAGS = {
     "web_config_file": "--web.config.file",
     "session_labels": "--session-labels",
     "max_label_values": "--max-label-values",
+    "idle_session_seconds": "--idle-session-seconds",
+    "idle_sessions_max": "--idle-sessions-max",
     "log_level": "--log-level",
     "log_format": "--log-format",
     "max_connections": "--max-connections",
@@ -89,6 +91,11 @@ class Settings(BaseSettings):
     session_labels: Annotated[tuple[str, ...], NoDecode] = ("status", "pr_status", "model")
     # Five: every documented PR status must fit, or zero series would fold into `other`.
     max_label_values: int = Field(default=100, ge=5)
+    # Sessions idle this long are listed by name; 15 minutes is the idle histogram's le="900.0".
+    # At most 30 days: the idle histogram ends at a day, and Magnet's sessions are weeks at most.
+    idle_session_seconds: float = Field(default=900.0, ge=0, le=30 * 86_400)
+    # Per organization; each listed session is a series, so the list is bounded (0: none).
+    idle_sessions_max: int = Field(default=10, ge=0, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
     max_connections: int | None = Field(default=None, ge=1)  # 20,000; 5,000 with TLS
@@ -203,6 +210,11 @@ class Settings(BaseSettings):
         """Seconds after which the last good data is no longer served."""
         assert self.stale_after_seconds is not None  # filled in by the validator  # noqa: S101
         return self.stale_after_seconds
+
+    @property
+    def idle_listing(self) -> IdleListing:
+        """Which idle sessions each snapshot lists by name."""
+        return IdleListing(self.idle_session_seconds, self.idle_sessions_max)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

@@ -29,7 +29,7 @@ from typing import Protocol
 from pydantic import SecretStr
 
 from magnet_exporter.client import MagnetClient, Outcome, PollError, api_http_client
-from magnet_exporter.model import Snapshot, SnapshotParser
+from magnet_exporter.model import IdleListing, Snapshot, SnapshotParser
 
 log = logging.getLogger("magnet_exporter.sources")
 
@@ -80,9 +80,10 @@ class InProcessSource:
         client: MagnetClient,
         label_names: Sequence[str],
         clock: Callable[[], float] = time.time,
+        idle_listing: IdleListing | None = None,
     ) -> None:
         self._client = client
-        self._parser = SnapshotParser(label_names)
+        self._parser = SnapshotParser(label_names, idle_listing)
         self._clock = clock
 
     def fetch(self, deadline: float) -> Fetched:
@@ -108,6 +109,7 @@ class WorkerConfig:
     label_names: tuple[str, ...]
     timeout: float
     max_response_bytes: int
+    idle_listing: IdleListing = dataclasses.field(default_factory=IdleListing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +402,7 @@ def _serve(connection: Connection) -> None:
                     max_response_bytes=config.max_response_bytes,
                 )
                 source = sources[request.organization_id] = InProcessSource(
-                    client, config.label_names, clock
+                    client, config.label_names, clock, config.idle_listing
                 )
             try:
                 reply: Fetched | _Failure = source.fetch(time.monotonic() + request.seconds_left)
