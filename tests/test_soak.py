@@ -139,7 +139,7 @@ class Soak:
         )
         states = lambda: {"acme": self.poller.state}  # noqa: E731
         self.registry.register(StatusCollector(states))
-        self.registry.register(DataCollector(states, LABELS, 1e9, clock))
+        self.registry.register(DataCollector(states, LABELS, 1e9))
         self.outcomes: list[str] = []
 
     def poll(self) -> None:
