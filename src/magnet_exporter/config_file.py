@@ -49,7 +49,7 @@ def read_config_file(path: Path, known_keys: Collection[str]) -> dict[str, Any]:
     unknown = sorted(str(key) for key in document if key not in known_keys)
     if unknown:
         raise ValueError(f"{path}: unknown setting {', '.join(unknown)}")
-    return _paths_from(path.parent, document)
+    return _paths_from(path.absolute().parent, document)
 
 
 PATH_SETTINGS = ("api_key_file", "web_config_file")
