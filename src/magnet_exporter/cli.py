@@ -206,9 +206,7 @@ class Exporter:
                 monotonic=monotonic,
             )
         registry.register(StatusCollector(self.states))
-        data = DataCollector(
-            self.states, settings.session_labels, settings.stale_after, monotonic
-        )
+        data = DataCollector(self.states, settings.session_labels, settings.stale_after, monotonic)
         self.app = ExporterApp(registry, self.states, data)
 
     def states(self) -> dict[str, PollState]:

@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -390,7 +391,9 @@ class DemoApiServer:
         host: str = "127.0.0.1",
         port: int = 0,
         faults: FaultRates | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """Listen on `host:port` (0: a free port); with `tls`, serve HTTPS."""
         self.magnet = magnet
         self.fault: Fault | None = None
         """Answer every request with this, while it is set."""
@@ -409,6 +412,12 @@ class DemoApiServer:
         self._stopping = threading.Event()
         self._http = _server_class(host)((host, port), _handler_for(self))
         self._http.daemon_threads = True
+        self._scheme = "https" if tls is not None else "http"
+        if tls is not None:
+            # The handshake runs in the request's thread, on its first read: never in the loop.
+            self._http.socket = tls.wrap_socket(
+                self._http.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._http.serve_forever, kwargs={"poll_interval": 0.1}, name="demo-api"
         )
@@ -418,7 +427,8 @@ class DemoApiServer:
         """Base URL of the simulated API."""
         host, port = self._http.server_address[:2]
         host = str(host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{self._scheme}://{where}"
 
     def push(self, *faults: Fault) -> None:
         """Answer the next requests with these faults, one each, before anything else."""

@@ -189,9 +189,7 @@ class Poller:
             state = self._failed(error, started)
         else:
             outcome = Outcome.SUCCESS
-            state = PollState(
-                True, snapshot, self._clock(), None, outcome, None, self._monotonic()
-            )
+            state = PollState(True, snapshot, self._clock(), None, outcome, None, self._monotonic())
             fields = {"outcome": outcome.value, "sessions": self._session_total(snapshot)}
             log.debug("poll succeeded", extra=self._log_fields(started, fields))
             self._count_invalid(snapshot)
