@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -412,4 +411,5 @@ def test_a_number_past_what_a_float_holds_is_not_a_number() -> None:
 def test_a_timestamp_that_is_not_finite_is_not_a_timestamp(field: str, value: Any) -> None:
     snapshot = parse_snapshot(body([GOOD, with_value(field, value)]), ALL_LABELS, NOW)
     assert dict(snapshot.invalid) == {f"sessions.{field}": 1}
-    assert snapshot.last_created is not None and math.isfinite(snapshot.last_created)
+    assert snapshot.last_created is not None
+    assert math.isfinite(snapshot.last_created)

@@ -216,7 +216,8 @@ def test_bytes_received_and_the_decoded_size_are_counted(
     assert response_size(registry) == len(body)  # decoded
     sent = received(registry)
     assert sent == len(simulator.gzipped(body))  # as sent: compressed
-    assert sent is not None and sent < len(body) / 3
+    assert sent is not None
+    assert sent < len(body) / 3
     error_body = b'{"error": "Internal Server Error"}'
     simulator.push(Fault(status=200, body=b"<html>" + b"x" * 1000))  # read, then unusable
     assert not poller.poll_once().up

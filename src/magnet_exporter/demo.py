@@ -520,7 +520,7 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
                 self._send_sessions(self._sessions_body())
 
         def _wants_gzip(self) -> bool:
-            """True if `Accept-Encoding` lists gzip with a weight above 0."""
+            """Say whether `Accept-Encoding` lists gzip with a weight above 0."""
             for item in self.headers.get("accept-encoding", "").split(","):
                 coding, _, weight = item.strip().partition(";")
                 if coding.strip().lower() in ("gzip", "x-gzip", "*"):
@@ -616,7 +616,7 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
 
 
 def _server_class(host: str) -> type[ThreadingHTTPServer]:
-    """The server class for `host`: IPv6 when the address is one, as the exporter's own."""
+    """Return the server class for `host`: IPv6 for an IPv6 address, as the exporter does."""
     if ":" not in host:
         return ThreadingHTTPServer
 

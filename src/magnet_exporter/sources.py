@@ -157,7 +157,7 @@ class _Failure:
 
     @classmethod
     def unsent(cls, reason: str) -> _Failure:
-        """A poll that the worker could not serve: nothing is known to have reached the API."""
+        """Fail a poll the worker could not serve: nothing is known to have reached the API."""
         return cls(Outcome.INVALID_RESPONSE, reason, None, False, None, sent=False)
 
     def error(self) -> PollError:
