@@ -345,10 +345,13 @@ def test_retry_after_as_a_date_holds_back_the_polls_until_then(
     assert requests(registry) == {"200": 2, "429": 1}
 
 
-def test_retry_after_is_capped_at_ten_minutes(make: Make, simulator: DemoApiServer) -> None:
+@pytest.mark.parametrize("value", ["86400", "99999999999", "9" * 400])
+def test_retry_after_is_capped_at_ten_minutes(
+    make: Make, simulator: DemoApiServer, value: str
+) -> None:
     clock = FakeClock()
     poller = make(clock=clock)
-    simulator.push(Fault(status=429, headers=retry_after(86_400)))
+    simulator.push(Fault(status=429, headers=retry_after(value)))
     poller.poll_once()
     clock.advance(MAX_RETRY_AFTER_SECONDS - 1)
     assert poller.poll_once().last_outcome is Outcome.RATE_LIMITED
