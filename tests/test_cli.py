@@ -98,13 +98,14 @@ def test_bad_configuration_file_exits_2_with_a_line_per_problem(tmp_path: Path) 
     )
     result = run(["--config", "magnet.yml"], tmp_path)
     assert result.returncode == 2
+    missing = tmp_path / "missing.key"  # where it was looked for: beside the file
     assert result.stderr.splitlines() == [
         "magnet-exporter: configuration error: organizations[0] in the configuration file: "
         "organization 'acme' needs api_key or api_key_file (one)",
         "magnet-exporter: configuration error: organizations[1].api_key_file in the "
-        "configuration file: cannot read missing.key: No such file or directory",
+        f"configuration file: cannot read {missing}: No such file or directory",
         "magnet-exporter: configuration error: organizations[2].api_key_file in the "
-        "configuration file: cannot read missing.key: No such file or directory",
+        f"configuration file: cannot read {missing}: No such file or directory",
     ]
 
 
