@@ -234,7 +234,8 @@ class RunningExporter:
         self.clock = clock
         self.http = http_client(settings)
         self.registry = exporter_registry()
-        self.exporter = Exporter(settings, self.http, self.registry, clock)
+        # The test's clock is both clocks: one that never steps.
+        self.exporter = Exporter(settings, self.http, self.registry, clock, monotonic=clock)
         self.server = HttpServer(self.exporter.app, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.server.port}"
 

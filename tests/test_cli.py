@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -97,13 +98,14 @@ def test_bad_configuration_file_exits_2_with_a_line_per_problem(tmp_path: Path) 
     )
     result = run(["--config", "magnet.yml"], tmp_path)
     assert result.returncode == 2
+    missing = tmp_path / "missing.key"  # where it was looked for: beside the file
     assert result.stderr.splitlines() == [
         "magnet-exporter: configuration error: organizations[0] in the configuration file: "
         "organization 'acme' needs api_key or api_key_file (one)",
         "magnet-exporter: configuration error: organizations[1].api_key_file in the "
-        "configuration file: cannot read missing.key: No such file or directory",
+        f"configuration file: cannot read {missing}: No such file or directory",
         "magnet-exporter: configuration error: organizations[2].api_key_file in the "
-        "configuration file: cannot read missing.key: No such file or directory",
+        f"configuration file: cannot read {missing}: No such file or directory",
     ]
 
 
@@ -335,3 +337,31 @@ def test_demo_api_injects_faults_from_the_command_line(tmp_path: Path) -> None:
         answer = first_answer(lambda: httpx.get(url, headers={"x-api-key": "k"}, timeout=5))
         assert 500 <= answer.status_code < 600
         stop_within(process, signal.SIGTERM, 2.0)
+
+
+def test_demo_api_listens_on_ipv6_as_run_does(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    with started(["demo-api", "--listen-address", f"[::1]:{port}"], tmp_path) as running:
+        url = f"http://[::1]:{port}/api/sessions"
+        wait_for_status(url, 401, timeout=15)
+        answer = httpx.get(url, headers={"x-api-key": "k"}, timeout=5)
+        assert answer.status_code == 200
+        stop_within(running.process, signal.SIGTERM, 2.0)
+    assert running.process.returncode == 0
+
+
+@pytest.mark.parametrize("command", [["demo-api"], ["--demo"]])
+def test_a_busy_or_bad_address_is_one_line_and_exit_2(tmp_path: Path, command: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        for address in (busy, "no-such-host.invalid:9878"):
+            result = run([*command, "--listen-address", address], tmp_path)
+            assert result.returncode == 2, result.stderr
+            assert "Traceback" not in result.stderr
+            (line,) = [line for line in result.stderr.splitlines() if "level=error" in line]
+            assert 'msg="cannot listen"' in line
+            assert f"address={address}" in line

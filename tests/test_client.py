@@ -22,9 +22,16 @@ from magnet_exporter.client import (
     MagnetClient,
     Outcome,
     PollError,
+    api_http_client,
     retry_after_seconds,
 )
-from magnet_exporter.demo import DemoApiServer, Fault, FaultRates, SimulatedMagnet
+from magnet_exporter.demo import (
+    DEFAULT_ORGANIZATION,
+    DemoApiServer,
+    Fault,
+    FaultRates,
+    SimulatedMagnet,
+)
 from magnet_exporter.keys import StaticKey
 
 
@@ -233,6 +240,7 @@ def test_no_request_once_the_deadline_has_passed(
 ) -> None:
     error = fetch_error(client(http, simulator.url), deadline=time.monotonic() - 0.001)
     assert error.outcome is Outcome.TIMEOUT
+    assert not error.sent  # not counted as a request
     assert simulator.requests == 0
 
 
@@ -305,7 +313,24 @@ def test_retry_after_is_ignored_on_other_statuses(
         ("soon", None),
         ("", None),
         ("1e9", None),
+        ("99999999999", 99999999999.0),  # too long to wait, but a delay: the poller caps it
+        ("9" * 400, float("inf")),
     ],
 )
 def test_retry_after_values(value: str, seconds: float | None) -> None:
     assert retry_after_seconds(value, FIXED_NOW) == seconds
+
+
+def test_compressed_answers_are_asked_for_and_the_limit_applies_decoded(
+    simulator: DemoApiServer,
+) -> None:
+    body = simulator.sessions_body(DEFAULT_ORGANIZATION)
+    with api_http_client(2.0) as http:
+        answer = client(http, simulator.url).fetch()
+        assert simulator.last_headers["Accept-Encoding"] == "gzip, deflate"
+        assert answer.body == body
+        assert answer.received_bytes == len(simulator.gzipped(body)) < len(body)
+        small = client(http, simulator.url, max_bytes=len(body) - 1)
+        error = fetch_error(small)
+    assert error.outcome is Outcome.TOO_LARGE
+    assert 0 < error.received_bytes <= len(simulator.gzipped(body))

@@ -70,7 +70,14 @@ def parse(collector: Collector) -> dict[str, Metric]:
 
 def test_fresh_state_renders_every_family() -> None:
     clock = FakeClock()
-    state = PollState(True, SNAPSHOT, clock.now - 10, clock.now - 10, Outcome.SUCCESS)
+    state = PollState(
+        True,
+        SNAPSHOT,
+        clock.now - 10,
+        clock.now - 10,
+        Outcome.SUCCESS,
+        success_age_origin=clock.now - 10,
+    )
     families = render(state, clock)
     assert set(families) == {
         "magnet_up",
@@ -109,7 +116,9 @@ def test_fresh_state_renders_every_family() -> None:
 
 def test_gauge_histograms_render_cumulative_buckets_count_and_sum() -> None:
     clock = FakeClock()
-    state = PollState(True, SNAPSHOT, clock.now, clock.now, Outcome.SUCCESS)
+    state = PollState(
+        True, SNAPSHOT, clock.now, clock.now, Outcome.SUCCESS, success_age_origin=clock.now
+    )
     registry = CollectorRegistry()
     registry.register(DataCollector(lambda: {"acme": state}, ("status", "model"), 180, clock))
     families = {
@@ -156,7 +165,9 @@ def test_gauge_histograms_render_cumulative_buckets_count_and_sum() -> None:
 def test_oldest_active_is_absent_without_an_active_session() -> None:
     clock = FakeClock()
     snapshot = dataclasses.replace(SNAPSHOT, oldest_active_created=None)
-    families = render(PollState(True, snapshot, clock.now, clock.now), clock)
+    families = render(
+        PollState(True, snapshot, clock.now, clock.now, success_age_origin=clock.now), clock
+    )
     assert "magnet_active_session_oldest_created_timestamp_seconds" not in families
     assert "magnet_active_session_idle_seconds" in families
 
@@ -211,7 +222,9 @@ def test_stale_data_takes_the_idle_sessions_away_too() -> None:
 
 def test_data_help_texts_say_as_of_the_last_poll() -> None:
     clock = FakeClock()
-    families = render(PollState(True, SNAPSHOT, clock.now, clock.now), clock)
+    families = render(
+        PollState(True, SNAPSHOT, clock.now, clock.now, success_age_origin=clock.now), clock
+    )
     for name in ("magnet_merges_past_week", "magnet_sessions", "magnet_session_messages"):
         assert "As of the last successful poll." in families[name].documentation
 
@@ -226,7 +239,14 @@ def test_before_the_first_success_only_up_and_build_info() -> None:
 
 def test_data_is_served_up_to_stale_after_and_not_a_second_later() -> None:
     clock = FakeClock()
-    state = PollState(False, SNAPSHOT, clock.now - 180, clock.now, Outcome.SERVER_ERROR)
+    state = PollState(
+        False,
+        SNAPSHOT,
+        clock.now - 180,
+        clock.now,
+        Outcome.SERVER_ERROR,
+        success_age_origin=clock.now - 180,
+    )
     assert "magnet_sessions" in render(state, clock, stale_after=180)
     clock.advance(1)
     families = render(state, clock, stale_after=180)
@@ -236,7 +256,10 @@ def test_data_is_served_up_to_stale_after_and_not_a_second_later() -> None:
 
 
 def test_each_collect_reads_the_current_state() -> None:
-    states = [PollState(False), PollState(True, SNAPSHOT, FIXED_NOW, FIXED_NOW)]
+    states = [
+        PollState(False),
+        PollState(True, SNAPSHOT, FIXED_NOW, FIXED_NOW, success_age_origin=FIXED_NOW),
+    ]
     registry = CollectorRegistry()
     registry.register(StatusCollector(lambda: {"acme": states[0]}))
     assert registry.get_sample_value("magnet_up", {"organization": "acme"}) == 0
@@ -246,7 +269,9 @@ def test_each_collect_reads_the_current_state() -> None:
 
 def test_status_and_data_are_split() -> None:
     clock = FakeClock()
-    state = PollState(True, SNAPSHOT, clock.now, clock.now, Outcome.SUCCESS)
+    state = PollState(
+        True, SNAPSHOT, clock.now, clock.now, Outcome.SUCCESS, success_age_origin=clock.now
+    )
     status = parse(StatusCollector(lambda: {"acme": state}))
     data = parse(DataCollector(lambda: {"acme": state}, ("status", "model"), 180, clock))
     assert set(status) == STATUS_FAMILIES
@@ -266,7 +291,9 @@ class TestDataVersion:
 
     def test_it_stays_while_nothing_changes(self) -> None:
         clock = FakeClock()
-        states = {"acme": PollState(True, SNAPSHOT, clock.now, clock.now)}
+        states = {
+            "acme": PollState(True, SNAPSHOT, clock.now, clock.now, success_age_origin=clock.now)
+        }
         data = DataCollector(lambda: states, ("status", "model"), 180, clock)
         before = data.version()
         # A failed poll keeps the snapshot and replaces the rest of the state.
@@ -276,18 +303,26 @@ class TestDataVersion:
 
     def test_it_moves_with_each_new_snapshot_even_of_equal_data(self) -> None:
         clock = FakeClock()
-        states = {"acme": PollState(True, SNAPSHOT, clock.now, clock.now)}
+        states = {
+            "acme": PollState(True, SNAPSHOT, clock.now, clock.now, success_age_origin=clock.now)
+        }
         data = DataCollector(lambda: states, ("status", "model"), 180, clock)
         before = data.version()
-        states["acme"] = PollState(True, dataclasses.replace(SNAPSHOT), clock.now, clock.now)
+        states["acme"] = PollState(
+            True, dataclasses.replace(SNAPSHOT), clock.now, clock.now, success_age_origin=clock.now
+        )
         assert data.version() != before
 
     def test_it_moves_when_data_turns_stale_and_with_a_new_organization(self) -> None:
         clock = FakeClock()
-        states = {"acme": PollState(True, SNAPSHOT, clock.now, clock.now)}
+        states = {
+            "acme": PollState(True, SNAPSHOT, clock.now, clock.now, success_age_origin=clock.now)
+        }
         data = DataCollector(lambda: states, ("status", "model"), 180, clock)
         before = data.version()
-        states["globex"] = PollState(True, SNAPSHOT, clock.now, clock.now)
+        states["globex"] = PollState(
+            True, SNAPSHOT, clock.now, clock.now, success_age_origin=clock.now
+        )
         assert data.version() != before
         with_globex = data.version()
         clock.advance(181)

@@ -133,3 +133,29 @@ def test_keys_in_the_file_are_never_quoted(tmp_path: Path) -> None:
     lines = problems(config_file=config)
     assert len(lines) == 2
     assert not [line for line in lines if SECRET_KEY in line]
+
+
+def test_relative_key_files_are_relative_to_the_configuration_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc" / "secrets").mkdir(parents=True)
+    write(tmp_path / "etc" / "secrets" / "acme.key", SECRET_KEY + "\n")
+    write(tmp_path / "etc" / "globex.key", "globex-key\n")
+    config = write(
+        tmp_path / "etc" / "magnet.yml",
+        "api_key_file: globex.key\n"
+        "organizations:\n  - name: acme\n    api_key_file: secrets/acme.key\n",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory plays no part
+    settings = make_settings(config_file=Path("..") / "etc" / "magnet.yml")
+    (acme,) = settings.targets()
+    assert acme.key().get_secret_value() == SECRET_KEY
+    assert settings.api_key_file is not None
+    assert settings.api_key_file.resolve() == config.parent / "globex.key"
+    assert settings.api_key_file.is_absolute()
+    # From a flag or the environment a path is the working directory's, as for any command.
+    write(elsewhere / "globex.key", "from-the-working-directory\n")
+    flag = make_settings(config_file=config, api_key_file="globex.key")
+    assert flag.api_key_file == Path("globex.key")

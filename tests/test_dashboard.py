@@ -57,6 +57,8 @@ CONTRACT_SERIES = {
     "magnet_exporter_last_success_timestamp_seconds",
     "magnet_exporter_poll_duration_seconds_bucket",
     "magnet_exporter_polls_total",
+    "magnet_exporter_response_size_bytes",
+    "magnet_exporter_received_bytes_total",
     "magnet_sessions_created_past_day",
     "magnet_sessions_created_past_week",
     "magnet_session_duration_seconds_bucket",
@@ -388,6 +390,9 @@ def test_rows_hold_the_panels_the_issue_asks_for() -> None:
     assert {"Magnet API", "Data age", "Poll duration", "Poll outcomes"} <= set(
         kinds("Exporter health")
     )
+    health = {panel["title"]: panel for panel in rows["Exporter health"]}
+    assert health["Response size"]["fieldConfig"]["defaults"]["unit"] == "bytes"
+    assert health["Bytes received"]["fieldConfig"]["defaults"]["unit"] == "Bps"
 
 
 def test_week_stats_show_the_change_against_one_week_earlier() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gzip
 import json
 import threading
 import time
@@ -17,6 +18,7 @@ from conftest import FIXED_NOW, SECRET_KEY, FakeClock
 
 from magnet_exporter.client import retry_after_seconds
 from magnet_exporter.demo import (
+    DEFAULT_ORGANIZATION,
     FAULT_KINDS,
     LISTED_SESSIONS,
     DemoApiServer,
@@ -359,3 +361,21 @@ def test_a_population_spreads_its_sessions_over_its_span() -> None:
             for item in magnet.sessions_response("acme")["sessions"]
         ]
         assert FIXED_NOW - min(created) == pytest.approx(population.span, rel=0.05)
+
+
+def test_the_sessions_are_gzipped_when_asked_and_only_then(simulator: DemoApiServer) -> None:
+    url = simulator.url + "/api/sessions"
+    key = {"x-api-key": SECRET_KEY}
+    body = simulator.sessions_body(DEFAULT_ORGANIZATION)
+    with httpx.Client(timeout=5) as client:
+        for asked in ("gzip", "deflate, gzip;q=0.5", "*"):
+            with client.stream("GET", url, headers={**key, "accept-encoding": asked}) as answer:
+                raw = b"".join(answer.iter_raw())
+            assert answer.headers["content-encoding"] == "gzip"
+            assert "accept-encoding" in answer.headers["vary"].lower()
+            assert gzip.decompress(raw) == body
+        for asked in ("identity", "gzip;q=0", "br"):
+            with client.stream("GET", url, headers={**key, "accept-encoding": asked}) as answer:
+                raw = b"".join(answer.iter_raw())
+            assert "content-encoding" not in answer.headers
+            assert raw == body

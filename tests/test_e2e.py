@@ -168,6 +168,8 @@ def test_stale_data_is_dropped_but_health_metrics_stay(
         "magnet_exporter_polls",
         "magnet_exporter_requests",
         "magnet_exporter_invalid_values",
+        "magnet_exporter_received_bytes",
+        "magnet_exporter_response_size_bytes",
         "magnet_exporter_poll_duration_seconds",
     }
     assert exporter.value("magnet_up") == 0

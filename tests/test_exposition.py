@@ -56,6 +56,8 @@ LIVE_FAMILIES = {
     "magnet_exporter_polls",
     "magnet_exporter_requests",
     "magnet_exporter_invalid_values",
+    "magnet_exporter_received_bytes",
+    "magnet_exporter_response_size_bytes",
     "magnet_exporter_poll_duration_seconds",
     "process_cpu_seconds",
     "process_resident_memory_bytes",
@@ -110,7 +112,9 @@ class Scene:
 
     def poll(self, new: Snapshot) -> None:
         """Swap in a successful poll's state, as the poller does."""
-        self.state = PollState(True, new, self.clock.now, self.clock.now, Outcome.SUCCESS)
+        self.state = PollState(
+            True, new, self.clock.now, self.clock.now, Outcome.SUCCESS, None, self.clock.now
+        )
         self.metrics.polls.labels("acme", "success").inc()
 
     def get(self, accept: str | None = None, gzipped: bool = False, query: str = "") -> Answer:

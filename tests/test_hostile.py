@@ -264,11 +264,13 @@ def exposition(snapshots: Mapping[str, Snapshot], label_names: tuple[str, ...]) 
     for organization, snapshot in snapshots.items():
         # A high limit: this is about escaping, not about the cardinality guard.
         stable, _ = SessionSeries(label_names, max_label_values=10_000).stabilize(snapshot)
-        states[organization] = PollState(up=True, snapshot=stable, last_success=FIXED_NOW)
+        states[organization] = PollState(
+            up=True, snapshot=stable, last_success=FIXED_NOW, success_age_origin=FIXED_NOW
+        )
     registry = CollectorRegistry()
     registry.register(StatusCollector(lambda: states))
     registry.register(
-        DataCollector(lambda: states, label_names, stale_after=60, clock=lambda: FIXED_NOW)
+        DataCollector(lambda: states, label_names, stale_after=60, monotonic=lambda: FIXED_NOW)
     )
     return generate_latest(registry).decode()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import pickle
 from datetime import datetime, timezone
 from pathlib import Path
@@ -317,7 +318,9 @@ STATS = {"mergesPastWeek": 8, "authorsPastWeek": 3, "humansPastWeek": 5, "humans
 
 
 @pytest.mark.parametrize("field", list(STATS))
-@pytest.mark.parametrize("value", ["many", True, [], {}, [1]])
+@pytest.mark.parametrize(
+    "value", ["many", True, [], {}, [1], "nan", "NaN", "inf", "-inf", "Infinity", "1e999"]
+)
 def test_a_stat_that_is_not_a_number_is_left_out(field: str, value: Any) -> None:
     snapshot = parse_snapshot(body([GOOD], {**STATS, field: value}), ALL_LABELS, NOW)
     assert dict(snapshot.stats) == {k: v for k, v in STATS.items() if k != field}
@@ -555,3 +558,21 @@ def test_fields_that_are_not_labels_do_not_change_the_sessions_or_histograms() -
     assert many.durations == one.durations
     assert many.idle == one.idle
     assert sum(group.count for group in many.sessions.values()) == len(document["sessions"])
+
+
+def test_a_number_past_what_a_float_holds_is_not_a_number() -> None:
+    raw = body([GOOD], {**STATS, "humansPastWeek": 5}).replace(
+        b'"humansPastWeek": 5', b'"humansPastWeek": 1e999'
+    )
+    snapshot = parse_snapshot(raw, ALL_LABELS, NOW)
+    assert dict(snapshot.stats) == {k: v for k, v in STATS.items() if k != "humansPastWeek"}
+    assert dict(snapshot.invalid) == {"stats.humansPastWeek": 1}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
+@pytest.mark.parametrize("field", ["createdAt", "updatedAt"])
+def test_a_timestamp_that_is_not_finite_is_not_a_timestamp(field: str, value: Any) -> None:
+    snapshot = parse_snapshot(body([GOOD, with_value(field, value)]), ALL_LABELS, NOW)
+    assert dict(snapshot.invalid) == {f"sessions.{field}": 1}
+    assert snapshot.last_created is not None
+    assert math.isfinite(snapshot.last_created)

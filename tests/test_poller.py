@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from magnet_exporter.client import MagnetClient, Outcome
+from magnet_exporter.collector import DataCollector
 from magnet_exporter.demo import DemoApiServer, Fault
 from magnet_exporter.keys import StaticKey
 from magnet_exporter.poller import Poller, PollMetrics, RetryPolicy
@@ -40,12 +42,23 @@ def make_poller(
     interval: float = 60,
     max_label_values: int = 100,
     key: Callable[[], SecretStr] | None = None,
+    wall: Callable[[], float] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Poller:
     client = MagnetClient(http, simulator.url, key or StaticKey(SecretStr(SECRET_KEY)))
     series = SessionSeries(("status", "model"), max_label_values)
     metrics = PollMetrics(registry)
     source = InProcessSource(client, series.label_names)
-    return Poller(source, series, metrics, "acme", interval, FakeClock(), retry=QUICK_RETRIES)
+    return Poller(
+        source,
+        series,
+        metrics,
+        "acme",
+        interval,
+        wall or FakeClock(),
+        retry=QUICK_RETRIES,
+        monotonic=monotonic,
+    )
 
 
 def polls(registry: CollectorRegistry, outcome: str) -> float | None:
@@ -154,3 +167,84 @@ def test_a_poll_that_crashes_does_not_end_the_loop(
     assert len(caplog.records) >= 3  # it went on polling after the first crash
     assert {record.getMessage() for record in caplog.records} == {"poll crashed; polling goes on"}
     assert all(record.exc_info for record in caplog.records)
+
+
+def served_data(collector: DataCollector) -> bool:
+    return any(family.name == "magnet_sessions" for family in collector.collect())
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_step_of_the_wall_clock_changes_no_staleness(
+    http: httpx.Client, simulator: DemoApiServer, registry: CollectorRegistry, step: float
+) -> None:
+    """The last good data goes stale after `stale_after` seconds, whatever the wall clock did."""
+    wall, monotonic = FakeClock(), FakeClock(500.0)
+    poller = make_poller(http, simulator, registry, wall=wall, monotonic=monotonic)
+    data = DataCollector(lambda: {"acme": poller.state}, ("status", "model"), 180, monotonic)
+    assert poller.poll_once().up
+    simulator.fault = Fault(status=500)
+    wall.advance(step)
+    monotonic.advance(180)
+    assert not poller.poll_once().up
+    assert served_data(data)  # 180 s old: still served
+    monotonic.advance(1)
+    assert not served_data(data)  # 181 s old: gone, an hour early or late by the wall clock
+    assert poller.state.last_success == FakeClock().now  # shown as the wall time it was
+
+
+def received(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value(
+        "magnet_exporter_received_bytes_total", {"organization": "acme"}
+    )
+
+
+def response_size(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value(
+        "magnet_exporter_response_size_bytes", {"organization": "acme"}
+    )
+
+
+def test_bytes_received_and_the_decoded_size_are_counted(
+    http: httpx.Client, simulator: DemoApiServer, registry: CollectorRegistry
+) -> None:
+    poller = make_poller(http, simulator, registry)
+    assert received(registry) == 0
+    assert response_size(registry) == 0
+    assert poller.poll_once().up
+    assert simulator.last_headers["Accept-Encoding"] == "gzip, deflate"
+    body = simulator.sessions_body("acme")
+    assert response_size(registry) == len(body)  # decoded
+    sent = received(registry)
+    assert sent == len(simulator.gzipped(body))  # as sent: compressed
+    assert sent is not None
+    assert sent < len(body) / 3
+    error_body = b'{"error": "Internal Server Error"}'
+    simulator.push(Fault(status=200, body=b"<html>" + b"x" * 1000))  # read, then unusable
+    assert not poller.poll_once().up
+    assert received(registry) == sent + 1006
+    assert response_size(registry) == len(body)  # of the last successful answer
+    simulator.push(Fault(status=404, body=error_body))
+    assert poller.poll_once().last_outcome is Outcome.CLIENT_ERROR
+    assert received(registry) == sent + 1006  # an error body is not read: it costs nothing
+
+
+def test_a_poll_with_no_time_left_counts_no_request(
+    http: httpx.Client, simulator: DemoApiServer, registry: CollectorRegistry
+) -> None:
+    client = MagnetClient(http, simulator.url, StaticKey(SecretStr(SECRET_KEY)))
+
+    class Late(InProcessSource):
+        """A source whose deadline has passed by the time it is called, as after a long wait."""
+
+        def fetch(self, deadline: float):  # type: ignore[no-untyped-def]
+            return super().fetch(time.monotonic() - 1)
+
+    series = SessionSeries(("status",), 100)
+    poller = Poller(
+        Late(client, series.label_names), series, PollMetrics(registry), "acme", 60, FakeClock()
+    )
+    state = poller.poll_once()
+    assert state.last_outcome is Outcome.TIMEOUT
+    assert simulator.requests == 0
+    assert polls(registry, "timeout") == 1
+    assert requests(registry, "timeout") is None  # nothing was sent, so no request

@@ -78,7 +78,9 @@ def make(http: httpx.Client, simulator: DemoApiServer, registry: CollectorRegist
         rng: random.Random | None = None,
         client: httpx.Client = http,
         max_response_bytes: int = 2**20,
+        monotonic: Callable[[], float] | None = None,
     ) -> Poller:
+        """Without `monotonic`, `clock` is both clocks: one that never steps."""
         magnet = MagnetClient(
             client,
             simulator.url,
@@ -95,6 +97,7 @@ def make(http: httpx.Client, simulator: DemoApiServer, registry: CollectorRegist
             clock or FakeClock(),
             retry=retry,
             rng=rng or random.Random(0),
+            monotonic=monotonic or clock or FakeClock(0.0),
         )
 
     return build
@@ -342,10 +345,13 @@ def test_retry_after_as_a_date_holds_back_the_polls_until_then(
     assert requests(registry) == {"200": 2, "429": 1}
 
 
-def test_retry_after_is_capped_at_ten_minutes(make: Make, simulator: DemoApiServer) -> None:
+@pytest.mark.parametrize("value", ["86400", "99999999999", "9" * 400])
+def test_retry_after_is_capped_at_ten_minutes(
+    make: Make, simulator: DemoApiServer, value: str
+) -> None:
     clock = FakeClock()
     poller = make(clock=clock)
-    simulator.push(Fault(status=429, headers=retry_after(86_400)))
+    simulator.push(Fault(status=429, headers=retry_after(value)))
     poller.poll_once()
     clock.advance(MAX_RETRY_AFTER_SECONDS - 1)
     assert poller.poll_once().last_outcome is Outcome.RATE_LIMITED
@@ -417,14 +423,45 @@ def test_a_retry_after_that_asks_for_nothing_holds_nothing_back(
     assert simulator.requests == 3
 
 
-def test_a_clock_set_back_does_not_stretch_the_wait(make: Make, simulator: DemoApiServer) -> None:
-    clock = FakeClock()
-    poller = make(clock=clock)
+@pytest.mark.parametrize("step", [-300.0, -3600.0, 3600.0])
+def test_a_step_of_the_wall_clock_neither_stretches_nor_shortens_the_wait(
+    make: Make, simulator: DemoApiServer, step: float
+) -> None:
+    """NTP or a restored VM moves the wall clock; Retry-After: 60 still means 60 s."""
+    wall, monotonic = FakeClock(), FakeClock(1000.0)
+    poller = make(clock=wall, monotonic=monotonic)
     simulator.push(Fault(status=429, headers=retry_after(60)))
-    poller.poll_once()
-    clock.advance(-3600)  # 3660 s left by this clock: more than any wait can be
+    assert poller.poll_once().last_outcome is Outcome.RATE_LIMITED
+    wall.advance(step)
+    monotonic.advance(59)
+    assert poller.poll_once().last_outcome is Outcome.RATE_LIMITED
+    assert simulator.requests == 1
+    monotonic.advance(1)
     assert poller.poll_once().up
     assert simulator.requests == 2
+
+
+class SteppingClock:
+    """A wall clock that steps an hour back, then an hour forward, at every reading."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        return FakeClock().now + (-3600.0 if self.readings % 2 else 3600.0)
+
+
+def test_a_stepping_wall_clock_changes_no_backoff(make: Make, simulator: DemoApiServer) -> None:
+    simulator.push(Fault(status=500), Fault(status=503))
+    stepping = SteppingClock()
+    waiter = RecordingWaiter()
+    poller = make(clock=stepping, monotonic=time.monotonic, rng=random.Random(5))
+    assert poller.poll_once(waiter).up
+    expected = random.Random(5)
+    assert waiter.pauses == [QUICK_RETRIES.backoff(n, expected) for n in range(2)]
+    assert stepping.readings > 0  # the clock was read, and its steps changed nothing
+    assert simulator.requests == 3
 
 
 def test_sigterm_in_the_middle_of_retries_exits_within_2_seconds(

@@ -136,10 +136,11 @@ class Soak:
             clock,
             retry=RETRIES,
             rng=random.Random(3),
+            monotonic=clock,  # Retry-After waits run on the test's clock too
         )
         states = lambda: {"acme": self.poller.state}  # noqa: E731
         self.registry.register(StatusCollector(states))
-        self.registry.register(DataCollector(states, LABELS, 1e9, clock))
+        self.registry.register(DataCollector(states, LABELS, 1e9))
         self.outcomes: list[str] = []
 
     def poll(self) -> None:

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, FakeClock, background_process, exporter_env, free_port
+from conftest import (
+    SECRET_KEY,
+    FakeClock,
+    background_process,
+    exporter_env,
+    free_port,
+    wait_until,
+)
 from pydantic import SecretStr
 
-from magnet_exporter import __version__
+from magnet_exporter import __version__, sources
 from magnet_exporter.client import MagnetClient, Outcome, PollError
 from magnet_exporter.demo import DEFAULT_ORGANIZATION, LISTED_SESSIONS, DemoApiServer, Fault
 from magnet_exporter.keys import StaticKey
@@ -133,17 +140,65 @@ def test_an_unparsable_answer_keeps_its_status_code(
     assert error.code == "200"  # counted in requests_total as the 200 it was
 
 
-def test_a_dead_worker_fails_one_poll_and_is_replaced(
-    worker: WorkerSource, pool: WorkerPool
+def test_a_worker_killed_between_polls_is_replaced_before_the_next_one(
+    worker: WorkerSource, pool: WorkerPool, simulator: DemoApiServer
 ) -> None:
     worker.fetch(soon())
     first = the_pid(pool)
+    os.kill(first, signal.SIGKILL)  # as the OOM killer would, while it waits for work
+    assert gone(first, within=5.0)
+    assert worker.fetch(soon()).status_code == 200  # this poll is served, by a new worker
+    assert the_pid(pool) != first
+    assert simulator.requests == 2
+
+
+def test_a_worker_that_dies_while_serving_fails_that_poll_only(
+    worker: WorkerSource, pool: WorkerPool, simulator: DemoApiServer
+) -> None:
+    worker.fetch(soon())
+    first = the_pid(pool)
+    simulator.push(Fault(200, b'{"sessions": []}', delay=30.0))
+    errors: list[PollError] = []
+    serving = threading.Thread(target=lambda: errors.append(failure(worker)))
+    serving.start()
+    wait_until(lambda: simulator.requests == 2, "the worker's request reached the API")
     os.kill(first, signal.SIGKILL)
-    error = failure(worker)
+    serving.join(timeout=30)
+    (error,) = errors
     assert error.outcome is Outcome.INVALID_RESPONSE
     assert "exited" in error.reason
+    assert not error.sent  # its result is unknown: not counted as a request of any code
     assert worker.fetch(soon()).status_code == 200
     assert the_pid(pool) != first
+
+
+def test_a_worker_that_cannot_start_fails_the_poll_and_the_next_one_starts(
+    worker: WorkerSource,
+    pool: WorkerPool,
+    simulator: DemoApiServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(sources.sys, "executable", str(tmp_path / "no-such-python"))
+    error = failure(worker)
+    assert error.outcome is Outcome.INVALID_RESPONSE
+    assert error.reason == "no poll worker could be started: No such file or directory"
+    assert not error.sent
+    assert simulator.requests == 0
+    assert pool.pids == []
+    monkeypatch.undo()
+    assert worker.fetch(soon()).status_code == 200
+
+
+def test_the_bytes_received_come_back_from_the_worker(
+    worker: WorkerSource, simulator: DemoApiServer
+) -> None:
+    fetched = worker.fetch(soon())
+    body = simulator.sessions_body(DEFAULT_ORGANIZATION)
+    assert fetched.body_bytes == len(body)
+    assert fetched.received_bytes == len(simulator.gzipped(body))
+    simulator.push(Fault(200, b"<html>maintenance</html>", "text/html"))
+    assert failure(worker).received_bytes == len(b"<html>maintenance</html>")
 
 
 def test_a_stuck_worker_is_replaced_after_the_deadline(
@@ -328,5 +383,33 @@ def test_an_idle_worker_is_stopped_and_started_again_when_needed(
             assert gone(first, within=5.0)
             large.fetch(soon())  # and the next large poll starts one again
             assert len(pool.pids) == 1
+    finally:
+        pool.close()
+
+
+def test_idle_workers_stop_when_every_poll_runs_in_a_worker(simulator: DemoApiServer) -> None:
+    """No organization polls in process, so only the workers' own polls can stop the idle one."""
+    idle_clock = FakeClock(0.0)
+    pool = WorkerPool(config(simulator.url), 2, idle_seconds=600, idle_clock=idle_clock)
+    try:
+        simulator.fault = Fault(200, b'{"sessions": []}', delay=0.5)
+        sources_ = [WorkerSource(pool, f"org-{n}", RotatingKey("k")) for n in range(2)]
+        threads = [threading.Thread(target=s.fetch, args=(soon(),)) for s in sources_]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        before = set(pool.pids)
+        assert len(before) == 2  # two polls at once: two workers
+        simulator.fault = None
+        idle_clock.advance(599)
+        sources_[0].fetch(soon())  # the most recently used worker serves it
+        assert set(pool.pids) == before  # the other has been idle 599 s: kept
+        idle_clock.advance(2)
+        sources_[0].fetch(soon())
+        (left,) = pool.pids  # the other, idle 601 s, was stopped by a poll in a worker
+        assert left in before
+        (stopped,) = before - {left}
+        assert gone(stopped, within=5.0)
     finally:
         pool.close()

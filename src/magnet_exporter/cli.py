@@ -197,12 +197,17 @@ class Exporter:
         clock: Clock = time.time,
         *,
         workers: bool = False,
+        monotonic: Clock = time.monotonic,
     ) -> None:
-        """Poll through `http` in this process; with `workers`, large answers in a worker."""
+        """Poll through `http` in this process; with `workers`, large answers in a worker.
+
+        `clock` is the wall clock (timestamps, insight windows), `monotonic` the clock of
+        every wait and age that spans polls (Retry-After, staleness, idle workers).
+        """
         metrics = PollMetrics(registry)
         self.pollers: dict[str, Poller] = {}
         targets = settings.targets()
-        self._pool = _worker_pool(settings, len(targets)) if workers else None
+        self._pool = _worker_pool(settings, len(targets), monotonic) if workers else None
         for target in targets:
             self.pollers[target.name] = Poller(
                 _source(settings, target, http, clock, self._pool),
@@ -211,9 +216,10 @@ class Exporter:
                 target.name,
                 settings.poll_interval_seconds,
                 clock,
+                monotonic=monotonic,
             )
         registry.register(StatusCollector(self.states))
-        data = DataCollector(self.states, settings.session_labels, settings.stale_after, clock)
+        data = DataCollector(self.states, settings.session_labels, settings.stale_after, monotonic)
         self.app = ExporterApp(registry, self.states, data)
 
     def states(self) -> dict[str, PollState]:
@@ -247,7 +253,7 @@ def _source(
     return AdaptiveSource(here, there, pool, settings.worker_threshold_bytes)
 
 
-def _worker_pool(settings: Settings, organizations: int) -> WorkerPool:
+def _worker_pool(settings: Settings, organizations: int, monotonic: Clock) -> WorkerPool:
     config = WorkerConfig(
         api_url=settings.api_url,
         label_names=settings.session_labels,
@@ -255,7 +261,7 @@ def _worker_pool(settings: Settings, organizations: int) -> WorkerPool:
         max_response_bytes=settings.max_response_bytes,
         idle_listing=settings.idle_listing,
     )
-    return WorkerPool(config, min(organizations, MAX_WORKERS))
+    return WorkerPool(config, min(organizations, MAX_WORKERS), idle_clock=monotonic)
 
 
 def exporter_registry() -> CollectorRegistry:
@@ -386,7 +392,11 @@ def run_demo_api(
         return _configuration_errors(["--sessions: must be 0 or more"])
     stop = _stop_on_signals()
     magnet = SimulatedMagnet(seed=seed, listed_sessions=sessions)
-    demo = DemoApiServer(magnet, host, port, faults=faults).start()
+    try:
+        demo = DemoApiServer(magnet, host, port, faults=faults).start()
+    except OSError as error:  # as `run`: a host that does not resolve, a port in use
+        log.error("cannot listen", extra={"address": listen_address, "error": str(error)})
+        return EXIT_CONFIG_ERROR
     log.info(
         "simulated Magnet API listening",
         extra={"url": demo.url, "seed": seed, "sessions": sessions, "faults": fault_spec or "none"},

@@ -19,6 +19,8 @@ from magnet_exporter import __version__
 SESSIONS_PATH = "/api/sessions"
 USER_AGENT = f"magnet-exporter/{__version__}"
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20
+ACCEPT_ENCODING = "gzip, deflate"
+"""The content codings asked for: those httpx decodes without an extra package."""
 
 # The hint tells the operator what to do; it names the setting, never its value.
 _STATUS_HINTS = {
@@ -28,7 +30,10 @@ _STATUS_HINTS = {
 }
 # RFC 9110 allows Retry-After on any answer, but only these two mean "come back later".
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
-_DELAY_SECONDS = re.compile(r"\d{1,10}(\.\d{1,6})?")
+# Any length: a delay too long for a float reads as infinite, and the poller caps it.
+_DELAY_SECONDS = re.compile(r"\d+(\.\d+)?")
+_SHOWN_RETRY_AFTER = 40
+"""Characters of a `Retry-After` value shown in a reason at most (a date takes 29)."""
 
 
 class Outcome(str, enum.Enum):
@@ -63,6 +68,8 @@ class PollError(Exception):
         *,
         transient: bool | None = None,
         retry_after: str | None = None,
+        sent: bool = True,
+        received_bytes: int = 0,
     ) -> None:
         super().__init__(reason)
         self.outcome = outcome
@@ -71,6 +78,10 @@ class PollError(Exception):
         self.transient = outcome in TRANSIENT_OUTCOMES if transient is None else transient
         self.retry_after = retry_after
         """The raw `Retry-After` header of a 429 or 503 answer, if it had one."""
+        self.sent = sent
+        """False when no request went out (no time left, no worker): not counted as a request."""
+        self.received_bytes = received_bytes
+        """Body bytes received before the failure, as sent (compressed or not)."""
 
     def __str__(self) -> str:
         return self.reason
@@ -87,6 +98,8 @@ class Answer:
 
     status_code: int
     body: bytes | bytearray
+    received_bytes: int = 0
+    """The body's size as it came over the network (compressed, if it was)."""
 
 
 def outcome_for_status(status_code: int) -> Outcome:
@@ -105,11 +118,12 @@ def outcome_for_status(status_code: int) -> Outcome:
 def retry_after_seconds(value: str, now: float) -> float | None:
     """Seconds from `now` (Unix time) until a `Retry-After` value, or None if it is not valid.
 
-    The value is delay-seconds or an HTTP-date (RFC 9110, 10.2.3); a date in the past gives 0.
+    The value is delay-seconds or an HTTP-date (RFC 9110, 10.2.3); a date in the past gives 0,
+    and a delay too long for a float gives infinity (the caller caps it).
     """
     value = value.strip()
     if _DELAY_SECONDS.fullmatch(value):
-        return float(value)
+        return float(value)  # never raises: a huge number of digits reads as inf
     try:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):  # which one depends on the Python version
@@ -126,7 +140,8 @@ def _status_error(response: httpx.Response) -> PollError:
     hint = _STATUS_HINTS.get(code)
     retry_after = response.headers.get("retry-after") if code in _RETRY_AFTER_STATUSES else None
     if code == 429 and retry_after is not None and retry_after_seconds(retry_after, 0) is not None:
-        hint = f"{hint} (Retry-After: {retry_after.strip()})"  # a number or a date: safe to show
+        shown = retry_after.strip()[:_SHOWN_RETRY_AFTER]  # a number or a date: safe to show
+        hint = f"{hint} (Retry-After: {shown})"
     if 300 <= code < 400:
         hint = "redirects are not followed; set MAGNET_API_URL to the final address"
     elif hint is None and code >= 500:
@@ -151,8 +166,13 @@ def _too_large(status_code: int, limit: int) -> PollError:
 
 
 def api_http_client(timeout: float) -> httpx.Client:
-    """Build the API's HTTP client: timeout, user agent, no redirects (they would carry the key)."""
-    return httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}, follow_redirects=False)
+    """Build the API's HTTP client: timeout, user agent, no redirects (they would carry the key).
+
+    Compressed answers are asked for (a List Sessions body shrinks about tenfold). httpx
+    reads `HTTPS_PROXY`, `NO_PROXY` and `SSL_CERT_FILE` from the environment.
+    """
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING}
+    return httpx.Client(timeout=timeout, headers=headers, follow_redirects=False)
 
 
 class MagnetClient:
@@ -182,26 +202,35 @@ class MagnetClient:
         # The key is asked for on every request, so that a rotated key file takes effect at once.
         headers = {"x-api-key": self._api_key().get_secret_value(), "accept": "application/json"}
         timeout = self._timeout(deadline)
+        received = 0  # body bytes off the network, whatever becomes of the request
         try:
             with self._http.stream(
                 "GET", self._url, params=self._params, headers=headers, timeout=timeout
             ) as response:
-                if not response.is_success:
-                    raise _status_error(response)
-                return Answer(response.status_code, self._read_body(response, deadline))
+                try:
+                    if not response.is_success:
+                        raise _status_error(response)
+                    body = self._read_body(response, deadline)
+                finally:
+                    received = response.num_bytes_downloaded
+                return Answer(response.status_code, body, received)
+        except PollError as error:
+            error.received_bytes = received
+            raise
         except httpx.TimeoutException as exc:
-            raise PollError(Outcome.TIMEOUT, f"timed out: {_describe(exc)}") from None
+            reason = f"timed out: {_describe(exc)}"
+            raise PollError(Outcome.TIMEOUT, reason, received_bytes=received) from None
         except httpx.LocalProtocolError:
             # h11 quotes the offending header value, which would be the key: never pass it on.
             raise PollError(
                 Outcome.CONNECTION_ERROR,
                 "request not sent: a header value is not allowed in HTTP; check MAGNET_API_KEY",
                 transient=False,  # the same key would fail the same way
+                sent=False,
             ) from None
         except httpx.TransportError as exc:
-            raise PollError(
-                Outcome.CONNECTION_ERROR, f"connection failed: {_describe(exc)}"
-            ) from None
+            reason = f"connection failed: {_describe(exc)}"
+            raise PollError(Outcome.CONNECTION_ERROR, reason, received_bytes=received) from None
 
     def _timeout(self, deadline: float | None) -> httpx.Timeout:
         """Return the client's timeouts, each cut to the time left before `deadline`."""
@@ -210,7 +239,7 @@ class MagnetClient:
             return configured
         left = deadline - time.monotonic()
         if left <= 0:
-            raise PollError(Outcome.TIMEOUT, "timed out: no time left in this poll")
+            raise PollError(Outcome.TIMEOUT, "timed out: no time left in this poll", sent=False)
 
         def cut(seconds: float | None) -> float:
             return left if seconds is None else min(seconds, left)

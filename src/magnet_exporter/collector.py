@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.metrics_core import (
@@ -126,16 +127,22 @@ class DataCollector(Collector):
     """The data families (stats and sessions) of every organization whose data is fresh.
 
     Once an organization's last good data is older than `stale_after`, it is left out, so
-    dashboards show a gap instead of old numbers. `version` tells when the output changes.
+    dashboards show a gap instead of old numbers. Its age is measured on `monotonic`, the
+    clock of the pollers' `monotonic` (a step of the wall clock changes no age). `version`
+    tells when the output changes.
     """
 
     def __init__(
-        self, states: States, label_names: tuple[str, ...], stale_after: float, clock: Clock
+        self,
+        states: States,
+        label_names: tuple[str, ...],
+        stale_after: float,
+        monotonic: Clock = time.monotonic,
     ) -> None:
         self._states = states
         self._label_names = label_names
         self._stale_after = stale_after
-        self._clock = clock
+        self._monotonic = monotonic
 
     def describe(self) -> Iterable[Metric]:
         """Nothing: which families there are depends on the data."""
@@ -143,15 +150,15 @@ class DataCollector(Collector):
 
     def version(self) -> DataVersion:
         """Return what `collect` would render now: equal versions mean the same output."""
-        now = self._clock()
+        now = self._monotonic()
         return tuple(
             (organization, id(state.snapshot), state.snapshot)
             for organization, state in self._states().items()
-            if state.snapshot is not None and not self._is_stale(state.last_success, now)
+            if state.snapshot is not None and not self._is_stale(state.success_age_origin, now)
         )
 
-    def _is_stale(self, last_success: float | None, now: float) -> bool:
-        return last_success is None or now - last_success > self._stale_after
+    def _is_stale(self, succeeded: float | None, now: float) -> bool:
+        return succeeded is None or now - succeeded > self._stale_after
 
     def collect(self) -> Iterator[Metric]:
         """Yield the non-empty data families of the organizations with fresh data."""

@@ -49,6 +49,34 @@ def read_config_file(path: Path, known_keys: Collection[str]) -> dict[str, Any]:
     unknown = sorted(str(key) for key in document if key not in known_keys)
     if unknown:
         raise ValueError(f"{path}: unknown setting {', '.join(unknown)}")
+    return _paths_from(path.absolute().parent, document)
+
+
+PATH_SETTINGS = ("api_key_file", "web_config_file")
+"""Settings of the file that name files: relative ones are relative to the file itself."""
+
+
+def _paths_from(directory: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """Resolve relative file names against `directory`, as Prometheus does with its own files.
+
+    The file then means the same whatever the working directory of the exporter; paths from
+    flags and the environment stay relative to the working directory, as any command's.
+    """
+
+    def resolved(settings: dict[Any, Any]) -> dict[Any, Any]:
+        return {
+            key: str(directory / value)
+            if key in PATH_SETTINGS and isinstance(value, str) and value
+            else value
+            for key, value in settings.items()
+        }
+
+    document = resolved(document)
+    organizations = document.get("organizations")
+    if isinstance(organizations, list):
+        document["organizations"] = [
+            resolved(entry) if isinstance(entry, dict) else entry for entry in organizations
+        ]
     return document
 
 

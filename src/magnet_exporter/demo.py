@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gzip
 import hashlib
 import json
 import logging
 import math
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -544,7 +546,9 @@ class DemoApiServer:
         host: str = "127.0.0.1",
         port: int = 0,
         faults: FaultRates | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """Listen on `host:port` (0: a free port); with `tls`, serve HTTPS."""
         self.magnet = magnet
         self.fault: Fault | None = None
         """Answer every request with this, while it is set."""
@@ -558,10 +562,17 @@ class DemoApiServer:
         self.last_query: dict[str, list[str]] = {}
         self._next: collections.deque[Fault] = collections.deque()
         self._last_body: tuple[tuple[str, float], bytes] | None = None
+        self._last_gzipped: tuple[bytes, bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._http = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._http = _server_class(host)((host, port), _handler_for(self))
         self._http.daemon_threads = True
+        self._scheme = "https" if tls is not None else "http"
+        if tls is not None:
+            # The handshake runs in the request's thread, on its first read: never in the loop.
+            self._http.socket = tls.wrap_socket(
+                self._http.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._http.serve_forever, kwargs={"poll_interval": 0.1}, name="demo-api"
         )
@@ -570,7 +581,9 @@ class DemoApiServer:
     def url(self) -> str:
         """Base URL of the simulated API."""
         host, port = self._http.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host = str(host)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{self._scheme}://{where}"
 
     def push(self, *faults: Fault) -> None:
         """Answer the next requests with these faults, one each, before anything else."""
@@ -608,6 +621,16 @@ class DemoApiServer:
         with self._lock:
             self._last_body = (moment, body)
         return body
+
+    def gzipped(self, body: bytes) -> bytes:
+        """Return `body` gzipped, compressed once for as long as the body stays the same."""
+        with self._lock:
+            if self._last_gzipped is not None and self._last_gzipped[0] is body:
+                return self._last_gzipped[1]
+        packed = gzip.compress(body, compresslevel=6, mtime=0)
+        with self._lock:
+            self._last_gzipped = (body, packed)
+        return packed
 
     def arrive(self, has_key: bool) -> tuple[str, Fault | random.Random | None]:
         """Count a request and choose its answer: a kind and its canned fault or random source."""
@@ -649,7 +672,27 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
             elif isinstance(detail, random.Random):
                 self._answer(kind, detail)
             else:
-                self._send_fault(Fault(200, self._sessions_body()))
+                self._send_sessions(self._sessions_body())
+
+        def _wants_gzip(self) -> bool:
+            """Say whether `Accept-Encoding` lists gzip with a weight above 0."""
+            for item in self.headers.get("accept-encoding", "").split(","):
+                coding, _, weight = item.strip().partition(";")
+                if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+                    quality = weight.strip().removeprefix("q=").strip()
+                    try:
+                        return not quality or float(quality) > 0
+                    except ValueError:
+                        return False
+            return False
+
+        def _send_sessions(self, body: bytes) -> None:
+            """Send a List Sessions body, gzipped when the client asks for it, as Magnet does."""
+            if self._wants_gzip():
+                headers = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
+                self._send_fault(Fault(200, api.gzipped(body), headers=headers))
+            else:
+                self._send_fault(Fault(200, body, headers=(("Vary", "Accept-Encoding"),)))
 
         def _answer(self, kind: str, rng: random.Random) -> None:
             faults = api.faults or FaultRates()
@@ -670,7 +713,7 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
                 elif kind == "reset":
                     self._send_then_reset(body)
                 else:
-                    self._send_fault(Fault(200, body))
+                    self._send_sessions(body)
 
         def _sessions_body(self) -> bytes:
             organization = api.last_query.get("organizationId", [DEFAULT_ORGANIZATION])[0]
@@ -725,6 +768,17 @@ def _handler_for(api: DemoApiServer) -> type[BaseHTTPRequestHandler]:
             log.debug(format % args)
 
     return Handler
+
+
+def _server_class(host: str) -> type[ThreadingHTTPServer]:
+    """Return the server class for `host`: IPv6 for an IPv6 address, as the exporter does."""
+    if ":" not in host:
+        return ThreadingHTTPServer
+
+    class IPv6Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    return IPv6Server
 
 
 def _server_error(rng: random.Random, faults: FaultRates) -> Fault:

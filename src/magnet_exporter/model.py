@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import re
+import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -64,6 +65,9 @@ _ALWAYS_READ = ("status", "author", "session", "repository", "model")
 _OPTIONAL_TEXT: Any = str | None
 # Bounded so that sums stay exact as floats in the exposition (Python ints are unbounded).
 _COUNT: Any = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
+# A finite number: msgspec reads "nan", "inf" and "Infinity" (strings, as numbers may be given)
+# as floats, which are no count or time anyone can use.
+_FINITE: Any = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
 # A number is a Unix time, which msgspec would read as seconds: numbers stay numbers here, and
 # are read as seconds or milliseconds in Python.
 _MOMENT: Any = datetime | float | None
@@ -83,7 +87,7 @@ def _struct(name: str, fields: Iterable[tuple[str, Any]]) -> Any:
     )
 
 
-_Stats: Any = _struct("Stats", ((field, float | None) for field in STATS_FIELDS))
+_Stats: Any = _struct("Stats", ((field, _FINITE | None) for field in STATS_FIELDS))
 _STATS_DECODER = msgspec.json.Decoder(_Stats | None, strict=False)
 
 
@@ -501,7 +505,7 @@ def _fields_as_raw(name: str, fields: Iterable[str]) -> msgspec.json.Decoder[Any
 
 
 _TEXT = _decoder(_OPTIONAL_TEXT)
-_NUMBER = _decoder(float | None)
+_NUMBER = _decoder(_FINITE | None)
 _MESSAGE_COUNT = _decoder(_COUNT | None)
 _TIMESTAMP = _decoder(_MOMENT)
 _RAW_STATS = _fields_as_raw("RawStats", STATS_FIELDS)

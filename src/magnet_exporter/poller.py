@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from magnet_exporter.client import Outcome, PollError, retry_after_seconds
 from magnet_exporter.model import Snapshot, checked_fields
@@ -21,7 +21,9 @@ from magnet_exporter.sources import SnapshotSource
 log = logging.getLogger("magnet_exporter.poller")
 
 Clock = Callable[[], float]
-"""Wall-clock time in seconds since the epoch (`time.time` outside tests)."""
+"""A clock in seconds: wall-clock time since the epoch (`time.time`) for what is shown as a
+time, a monotonic clock (`time.monotonic`) for every duration, which a step of the wall clock
+(NTP, a restored VM) must not stretch or shrink."""
 
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 MAX_RETRY_AFTER_SECONDS = 600.0
@@ -64,9 +66,12 @@ class PollState:
     snapshot: Snapshot | None = None
     """The last good data (it outlives failed polls until it is stale)."""
     last_success: float | None = None
+    """Unix time at which the last good poll ended, as shown."""
     last_poll: float | None = None
     last_outcome: Outcome | None = None
     last_error: str | None = None
+    success_age_origin: float | None = None
+    """The monotonic time at which the last good poll ended, for its age (staleness)."""
 
 
 class PollMetrics:
@@ -84,6 +89,19 @@ class PollMetrics:
             "HTTP requests to the Magnet API, retries included, by HTTP status code "
             "(or timeout, connection_error).",
             ["organization", "code"],
+            registry=registry,
+        )
+        self.received_bytes = Counter(
+            "magnet_exporter_received_bytes",
+            "Body bytes received from the Magnet API as sent (compressed or not), every "
+            "request included.",
+            ["organization"],
+            registry=registry,
+        )
+        self.response_size = Gauge(
+            "magnet_exporter_response_size_bytes",
+            "Decoded size of the body of the last successful answer.",
+            ["organization"],
             registry=registry,
         )
         self.invalid_values = Counter(
@@ -108,6 +126,8 @@ class PollMetrics:
         for field in fields:
             self.invalid_values.labels(organization, field)
         self.duration.labels(organization)
+        self.received_bytes.labels(organization)
+        self.response_size.labels(organization)
 
 
 class Poller:
@@ -117,6 +137,10 @@ class Poller:
     after a jittered backoff, inside a deadline shorter than the interval. After a 429 or 503
     with `Retry-After`, no request is sent until it expires; a poll in that time is counted as
     `rate_limited` without calling the API.
+
+    `clock` (wall) stamps what is shown as a time; `monotonic` measures the waits that span
+    polls (Retry-After, the age of the last good data). Deadlines within a poll are on
+    `time.monotonic()`, which the client and the poll workers read too.
     """
 
     def __init__(
@@ -130,6 +154,7 @@ class Poller:
         *,
         retry: RetryPolicy = RetryPolicy(),  # frozen, so one default is safe to share
         rng: random.Random | None = None,
+        monotonic: Clock = time.monotonic,
     ) -> None:
         self._source = source
         self._series = series
@@ -137,13 +162,16 @@ class Poller:
         self._organization = organization
         self._interval = interval
         self._clock = clock
+        self._monotonic = monotonic
         self._retry = retry
         # Jitter only spreads retries out; it need not be unpredictable.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
         self._quiet_until: float | None = None
-        """Unix time (of `clock`) before which Magnet asked for no request."""
+        """The time (of `monotonic`) before which Magnet asked for no request."""
         self._requests = 0
         """Requests sent in the current poll."""
+        self._attempts = 0
+        """Requests tried in the current poll, sent or not."""
         self.state = PollState()
         metrics.start(organization, checked_fields(series.label_names))
 
@@ -153,7 +181,7 @@ class Poller:
         Pauses between retries end early when `stop` is set.
         """
         started = time.monotonic()
-        self._requests = 0
+        self._requests = self._attempts = 0
         try:
             snapshot = self._fetch_snapshot(stop if stop is not None else threading.Event())
         except PollError as error:
@@ -161,7 +189,7 @@ class Poller:
             state = self._failed(error, started)
         else:
             outcome = Outcome.SUCCESS
-            state = PollState(True, snapshot, self._clock(), None, outcome, None)
+            state = PollState(True, snapshot, self._clock(), None, outcome, None, self._monotonic())
             fields = {"outcome": outcome.value, "sessions": self._session_total(snapshot)}
             log.debug("poll succeeded", extra=self._log_fields(started, fields))
             self._count_invalid(snapshot)
@@ -222,23 +250,29 @@ class Poller:
             self._quiet_until = None  # the pause covered what Retry-After asked for
 
     def _request(self, deadline: float) -> Snapshot:
-        """Send one request and count it by its status code (or its failure)."""
-        self._requests += 1
-        requests = self._metrics.requests
+        """Send one request and count it by its status code (or its failure) and its bytes."""
+        self._attempts += 1
+        requests, organization = self._metrics.requests, self._organization
         try:
             answer = self._source.fetch(deadline)
         except PollError as error:
-            requests.labels(self._organization, error.code).inc()
+            self._metrics.received_bytes.labels(organization).inc(error.received_bytes)
+            if error.sent:  # a poll that sent nothing is counted in polls_total only
+                self._requests += 1
+                requests.labels(organization, error.code).inc()
             self._note_retry_after(error)
             raise
-        requests.labels(self._organization, str(answer.status_code)).inc()
+        self._requests += 1
+        requests.labels(organization, str(answer.status_code)).inc()
+        self._metrics.received_bytes.labels(organization).inc(answer.received_bytes)
+        self._metrics.response_size.labels(organization).set(answer.body_bytes)
         return answer.snapshot
 
     def _pause_before_retry(self, error: PollError, deadline: float) -> float | None:
         """Seconds to sleep before retrying, or None when this poll must give up."""
-        if not error.transient or self._requests >= self._retry.max_attempts:
+        if not error.transient or self._attempts >= self._retry.max_attempts:
             return None
-        backoff = self._retry.backoff(self._requests - 1, self._rng)
+        backoff = self._retry.backoff(self._attempts - 1, self._rng)
         pause = max(backoff, self._retry_after_left())
         if time.monotonic() + pause >= deadline:
             return None
@@ -248,13 +282,13 @@ class Poller:
         """Start the wait a `Retry-After` header asks for, and say so once."""
         if error.retry_after is None:
             return
-        now = self._clock()
-        asked = retry_after_seconds(error.retry_after, now)
+        # A date is read against the wall clock; the wait itself runs on the monotonic one.
+        asked = retry_after_seconds(error.retry_after, self._clock())
         if asked is None or asked <= 0:
             return  # an unreadable or past value: the backoff alone applies
         seconds = min(asked, MAX_RETRY_AFTER_SECONDS)
-        self._quiet_until = now + seconds
-        until = datetime.fromtimestamp(self._quiet_until, timezone.utc)
+        self._quiet_until = self._monotonic() + seconds
+        until = datetime.fromtimestamp(self._clock() + seconds, timezone.utc)
         log.warning(
             "Magnet asked to wait (Retry-After); no request to this organization until then",
             extra={
@@ -268,9 +302,8 @@ class Poller:
     def _retry_after_left(self) -> float:
         if self._quiet_until is None:
             return 0.0
-        left = self._quiet_until - self._clock()
-        # Past the cap, the wall clock went back: the wait cannot be that long, end it.
-        if not 0 < left <= MAX_RETRY_AFTER_SECONDS:
+        left = self._quiet_until - self._monotonic()
+        if left <= 0:
             self._quiet_until = None
             return 0.0
         return left

@@ -62,6 +62,9 @@ class Fetched:
     status_code: int
     snapshot: Snapshot
     body_bytes: int = 0
+    """The decoded body's size."""
+    received_bytes: int = 0
+    """The body's size as it came over the network (compressed, if it was)."""
 
 
 class SnapshotSource(Protocol):
@@ -91,14 +94,20 @@ class InProcessSource:
         answer = self._client.fetch(deadline)
         try:
             snapshot = self._parser.parse(answer.body, self._clock())
-            return Fetched(answer.status_code, snapshot, len(answer.body))
+            return Fetched(answer.status_code, snapshot, len(answer.body), answer.received_bytes)
         except PollError as error:
             error.status_code = answer.status_code
+            error.received_bytes = answer.received_bytes
             raise
         except Exception as exc:  # a body we did not foresee must not stop the exporter
             log.exception("unexpected error while parsing the response")
             reason = f"invalid response: {exc!r}"[:300]
-            raise PollError(Outcome.INVALID_RESPONSE, reason, answer.status_code) from None
+            raise PollError(
+                Outcome.INVALID_RESPONSE,
+                reason,
+                answer.status_code,
+                received_bytes=answer.received_bytes,
+            ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,13 +141,26 @@ class _Failure:
     status_code: int | None
     transient: bool
     retry_after: str | None
+    sent: bool = True
+    received_bytes: int = 0
 
     @classmethod
     def of(cls, error: PollError) -> _Failure:
         """Pack an error."""
         return cls(
-            error.outcome, error.reason, error.status_code, error.transient, error.retry_after
+            error.outcome,
+            error.reason,
+            error.status_code,
+            error.transient,
+            error.retry_after,
+            error.sent,
+            error.received_bytes,
         )
+
+    @classmethod
+    def unsent(cls, reason: str) -> _Failure:
+        """Fail a poll the worker could not serve: nothing is known to have reached the API."""
+        return cls(Outcome.INVALID_RESPONSE, reason, None, False, None, sent=False)
 
     def error(self) -> PollError:
         """Unpack the error."""
@@ -148,23 +170,29 @@ class _Failure:
             self.status_code,
             transient=self.transient,
             retry_after=self.retry_after,
+            sent=self.sent,
+            received_bytes=self.received_bytes,
         )
 
 
 class _Worker:
     """One worker process, started on first use, serving one request at a time.
 
-    A worker that dies or stops answering is replaced by the next request; the poll it was
-    serving fails with `invalid_response`.
+    A worker that died while idle is replaced before the next request is sent. One that dies
+    or stops answering while serving a request fails that poll only (`invalid_response`, with
+    no request counted: whether it reached the API is not known) and is replaced by the next.
     """
 
-    def __init__(self, config: WorkerConfig, reply_grace: float) -> None:
+    def __init__(
+        self, config: WorkerConfig, reply_grace: float, idle_clock: Callable[[], float]
+    ) -> None:
         self._config = config
         self._reply_grace = reply_grace
+        self._idle_clock = idle_clock
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._connection: Connection | None = None
-        self._last_used = time.monotonic()
+        self._last_used = idle_clock()
 
     @property
     def pid(self) -> int | None:
@@ -178,10 +206,20 @@ class _Worker:
         the end of its request: the windows of the snapshot are as of then.
         """
         with self._lock:
-            connection = self._connection or self._start()
+            self._replace_if_dead()
+            try:
+                connection = self._connection or self._start()
+            except OSError as exc:
+                self._stop()
+                # The poller logs the failed poll with this reason: one line.
+                return _Failure.unsent(f"no poll worker could be started: {exc.strerror or exc}")
             wait_until = time.monotonic() + max(0.0, request.seconds_left) + self._reply_grace
             try:
-                connection.send(request)
+                try:
+                    connection.send(request)
+                except OSError:  # died in the instant since the check: nothing was sent
+                    self._stop()
+                    return _Failure.unsent("the poll worker exited before the request was sent")
                 while True:
                     if not connection.poll(max(0.0, wait_until - time.monotonic())):
                         raise TimeoutError
@@ -193,10 +231,21 @@ class _Worker:
                 self._stop()
                 what = "did not answer in time" if isinstance(exc, TimeoutError) else "exited"
                 reason = f"the poll worker {what}; a new one serves the next poll"
-                return _Failure(Outcome.INVALID_RESPONSE, reason, None, False, None)
+                return _Failure.unsent(reason)
             finally:
-                self._last_used = time.monotonic()  # idle from the end of its latest request
+                self._last_used = self._idle_clock()  # idle from the end of its latest request
             return reply
+
+    def _replace_if_dead(self) -> None:
+        """Clear a process that exited since its last request (killed, out of memory)."""
+        if self._process is None or self._process.poll() is None:
+            return
+        pid, code = self._process.pid, self._process.returncode
+        self._stop()
+        log.warning(
+            "poll worker exited while idle; a new one serves this poll",
+            extra={"pid": pid, "returncode": code},
+        )
 
     def _start(self) -> Connection:
         ours, theirs = socket.socketpair()
@@ -229,7 +278,8 @@ class _Worker:
         if not self._lock.acquire(blocking=False):
             return  # serving a request: not idle
         try:
-            if self._process is not None and time.monotonic() - self._last_used >= idle_seconds:
+            idle = self._idle_clock() - self._last_used
+            if self._process is not None and idle >= idle_seconds:
                 pid = self._process.pid
                 self._stop()
                 log.debug("idle poll worker stopped", extra={"pid": pid})
@@ -259,9 +309,11 @@ class WorkerPool:
         *,
         reply_grace: float = REPLY_GRACE_SECONDS,
         idle_seconds: float = WORKER_IDLE_SECONDS,
+        idle_clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`idle_clock` measures idle time only; deadlines are always `time.monotonic()`."""
         self._idle_seconds = idle_seconds
-        self._workers = [_Worker(config, reply_grace) for _ in range(size)]
+        self._workers = [_Worker(config, reply_grace, idle_clock) for _ in range(size)]
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         for worker in reversed(self._workers):
             self._idle.put(worker)
@@ -275,10 +327,12 @@ class WorkerPool:
         self, organization_id: str | None, key: str, deadline: float, now: Callable[[], float]
     ) -> Fetched:
         """Have an idle worker request and parse as of `now`; failures come as `PollError`."""
+        self.stop_idle()  # also when no organization polls in process to do it
         try:
             worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            raise PollError(Outcome.TIMEOUT, "timed out: every poll worker was busy") from None
+            reason = "timed out: every poll worker was busy"
+            raise PollError(Outcome.TIMEOUT, reason, sent=False) from None
         try:
             reply = worker.exchange(
                 _Request(organization_id, key, deadline - time.monotonic()), now
