@@ -8,6 +8,8 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from email.utils import formatdate
 
@@ -215,10 +217,38 @@ def test_limit_applies_to_the_decoded_body(http: httpx.Client, simulator: DemoAp
     assert error.outcome is Outcome.TOO_LARGE
 
 
-def test_undecodable_body_is_an_invalid_response(
+def test_a_gzip_bomb_is_cut_at_the_limit_inside_one_chunk(
     http: httpx.Client, simulator: DemoApiServer
 ) -> None:
-    simulator.fault = Fault(status=200, body=b"not gzip", headers=(("Content-Encoding", "gzip"),))
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"0" * 2**20
+    # About 250 kB that would unpack to 256 MiB: each 64 kB read holds some 64 MiB.
+    bomb = b"".join(packer.compress(zeros) for _ in range(256)) + packer.flush()
+    simulator.fault = Fault(status=200, body=bomb, headers=(("Content-Encoding", "gzip"),))
+    tracemalloc.start()
+    try:
+        error = fetch_error(client(http, simulator.url, max_bytes=2**20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.outcome is Outcome.TOO_LARGE
+    # Never much more than the limit was unpacked, not a read's worth of the bomb.
+    assert peak < 8 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("body", "coding"),
+    [
+        (b"not gzip", "gzip"),
+        (gzip.compress(b'{"sessions": []}')[:-12], "gzip"),  # the stream cut short
+        (b'{"sessions": []}', "br"),  # a coding that was not asked for
+    ],
+    ids=["not-gzip", "cut-short", "not-asked-for"],
+)
+def test_undecodable_body_is_an_invalid_response(
+    http: httpx.Client, simulator: DemoApiServer, body: bytes, coding: str
+) -> None:
+    simulator.fault = Fault(status=200, body=body, headers=(("Content-Encoding", coding),))
     error = fetch_error(client(http, simulator.url))
     assert error.outcome is Outcome.INVALID_RESPONSE
     assert error.code == "200"
@@ -327,7 +357,7 @@ def test_compressed_answers_are_asked_for_and_the_limit_applies_decoded(
     body = simulator.sessions_body(DEFAULT_ORGANIZATION)
     with api_http_client(2.0) as http:
         answer = client(http, simulator.url).fetch()
-        assert simulator.last_headers["Accept-Encoding"] == "gzip, deflate"
+        assert simulator.last_headers["Accept-Encoding"] == "gzip"
         assert answer.body == body
         assert answer.received_bytes == len(simulator.gzipped(body)) < len(body)
         small = client(http, simulator.url, max_bytes=len(body) - 1)
