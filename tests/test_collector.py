@@ -174,7 +174,9 @@ def test_oldest_active_is_absent_without_an_active_session() -> None:
 
 def test_idle_sessions_render_one_series_each_named_by_their_labels() -> None:
     clock = FakeClock()
-    families = render(PollState(True, SNAPSHOT, clock.now, clock.now), clock)
+    families = render(
+        PollState(True, SNAPSHOT, clock.now, clock.now, success_age_origin=clock.now), clock
+    )
     idle = families["magnet_idle_session_last_activity_timestamp_seconds"]
     assert idle.type == "gauge"
     assert [(s.labels, s.value) for s in idle.samples] == [
@@ -206,7 +208,9 @@ def test_idle_sessions_render_one_series_each_named_by_their_labels() -> None:
 def test_without_idle_sessions_the_list_is_absent_and_unlisted_is_zero() -> None:
     clock = FakeClock()
     snapshot = dataclasses.replace(SNAPSHOT, idle_sessions=(), idle_sessions_unlisted=0)
-    families = render(PollState(True, snapshot, clock.now, clock.now), clock)
+    families = render(
+        PollState(True, snapshot, clock.now, clock.now, success_age_origin=clock.now), clock
+    )
     assert "magnet_idle_session_last_activity_timestamp_seconds" not in families
     (unlisted,) = families["magnet_idle_sessions_unlisted"].samples
     assert unlisted.value == 0
