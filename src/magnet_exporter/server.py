@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hmac
 import html
 import http
@@ -266,44 +267,21 @@ class _Answer(NamedTuple):
     close: bool
 
 
-# A host is a reg-name, an IPv4 address or an IP literal in brackets, and a port.
-_HOST = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
+def _plain(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> _Answer:
+    """Return an answer that ends the connection, for a request the app does not answer."""
+    phrase = http.HTTPStatus(status).phrase
+    text = [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE, *headers]
+    return _Answer(f"{status} {phrase}", text, f"{status} {phrase}: {reason}\n".encode(), True)
 
 
-def _refusal(request: h11.Request) -> tuple[int, str] | None:
-    """Refuse what h11 accepts but RFC 9110 and 9112 do not, or what the app cannot answer."""
-    if len(request.headers) > MAX_HEADERS:
-        return 431, "Too many headers."
-    # h11 frames such a request by Transfer-Encoding and would keep the connection: a proxy
-    # in front may have framed it by Content-Length, and read what follows differently
-    # (RFC 9112 6.3: the server ought to refuse it, or at least close the connection).
-    names = {name for name, _ in request.headers}
-    if b"content-length" in names and b"transfer-encoding" in names:
-        return 400, "Both Content-Length and Transfer-Encoding."
-    for name, value in request.headers:
-        if name == b"content-length" and int(value) > MAX_BODY_BYTES:  # h11 checked the digits
-            return 413, "Request body too large."
-        if b"\x7f" in value:  # h11 lets DEL through; RFC 9110 5.5 allows no control character
-            return 400, "Bad header value."
-        if name == b"host" and not _HOST.fullmatch(value):  # RFC 9112 3.2: 400
-            return 400, "Bad Host header."
-    if request.http_version >= b"2":
-        return 505, f"Invalid HTTP version ({request.http_version.decode()})."
-    return None
-
-
-def _environ(request: h11.Request, server: tuple[str, int, str]) -> WSGIEnvironment:
-    """Turn a request head into a WSGI environ (without the client's address)."""
-    host, port, scheme = server
+def _server_environ(host: str, port: int, scheme: str) -> dict[str, object]:
+    """Return what the WSGI environs of a server's requests share."""
     environ: dict[str, object] = {
-        "REQUEST_METHOD": request.method.decode("ascii"),
         "SCRIPT_NAME": "",
         "SERVER_NAME": host,
         "SERVER_PORT": str(port),
-        "SERVER_PROTOCOL": f"HTTP/{request.http_version.decode('ascii')}",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scheme,
-        "wsgi.input": BytesIO(),  # no route reads a body: it is thrown away as it arrives
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
@@ -311,7 +289,31 @@ def _environ(request: h11.Request, server: tuple[str, int, str]) -> WSGIEnvironm
     }
     if scheme == "https":
         environ["HTTPS"] = "on"  # as CGI tells the app
+    return environ
+
+
+# A host is a reg-name, an IPv4 address or an IP literal in brackets, and a port.
+_HOST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
+
+
+def _environ(
+    request: h11.Request, shared: Mapping[str, object]
+) -> tuple[WSGIEnvironment, tuple[int, str] | None]:
+    """Turn a request head into a WSGI environ (without the client's address) in one pass.
+
+    Also return the refusal, if any, of what h11 accepts but RFC 9110 and 9112 do not, or of
+    what the app cannot answer.
+    """
+    version = request.http_version.decode("ascii")
+    environ: WSGIEnvironment = {
+        **shared,
+        "REQUEST_METHOD": request.method.decode("ascii"),
+        "SERVER_PROTOCOL": f"HTTP/{version}",
+        "wsgi.input": BytesIO(),  # no route reads a body: it is thrown away as it arrives
+    }
+    control = False
     for name, value in request.headers:
+        control = control or b"\x7f" in value  # h11 lets DEL through; RFC 9110 5.5 does not
         if b"_" in name:
             continue  # `X_Auth` would pass for `X-Auth` below: dropped, as Go and nginx do
         key = name.decode("ascii").upper().replace("-", "_")
@@ -327,7 +329,22 @@ def _environ(request: h11.Request, server: tuple[str, int, str]) -> WSGIEnvironm
     path, _, query = target.partition("?")
     environ["PATH_INFO"] = unquote(path, "latin-1")
     environ["QUERY_STRING"] = query
-    return cast("WSGIEnvironment", environ)
+    if len(request.headers) > MAX_HEADERS:
+        return environ, (431, "Too many headers.")
+    # h11 frames such a request by Transfer-Encoding and would keep the connection: a proxy
+    # in front may have framed it by Content-Length, and read what follows differently
+    # (RFC 9112 6.3: the server ought to refuse it, or at least close the connection).
+    if "CONTENT_LENGTH" in environ and "HTTP_TRANSFER_ENCODING" in environ:
+        return environ, (400, "Both Content-Length and Transfer-Encoding.")
+    if int(environ.get("CONTENT_LENGTH", 0)) > MAX_BODY_BYTES:  # h11 checked the digits
+        return environ, (413, "Request body too large.")
+    if control:
+        return environ, (400, "Bad header value.")
+    if not _HOST.fullmatch(environ.get("HTTP_HOST", "")):  # RFC 9112 3.2: 400
+        return environ, (400, "Bad Host header.")
+    if version >= "2":
+        return environ, (505, f"Invalid HTTP version ({version}).")
+    return environ, None
 
 
 def _call(
@@ -358,25 +375,15 @@ def _call(
 
 
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
+_END = h11.EndOfMessage()
 _FRAMING = frozenset({"connection", "content-length", "keep-alive", "transfer-encoding"})
 """Headers of the app's that h11 and the server set themselves."""
 
 
-def _head(
-    status: str, headers: Iterable[tuple[str, str]], length: int, close: bool
-) -> h11.Response:
-    """Return the head of an answer whose body has `length` bytes."""
-    code, _, reason = status.partition(" ")
-    fields = [(b"Date", formatdate(usegmt=True).encode("ascii"))]
-    fields += [
-        (name.encode("latin-1"), value.encode("latin-1"))
-        for name, value in headers
-        if name.lower() not in _FRAMING
-    ]
-    fields.append((b"Content-Length", str(length).encode("ascii")))  # also for HEAD: RFC 9110 9.3.2
-    if close:
-        fields.append((b"Connection", b"close"))
-    return h11.Response(status_code=int(code), headers=fields, reason=reason.encode("latin-1"))
+@functools.lru_cache(maxsize=1)
+def _date(second: int) -> bytes:
+    """Return the Date header's value: made once a second, not for every answer."""
+    return formatdate(second, usegmt=True).encode("ascii")
 
 
 # A connection is in one of these states; all but _BUSY and _CLOSED have a deadline.
@@ -399,22 +406,21 @@ class _Hub:
     def __init__(
         self,
         app: WSGIApplication,
-        address: tuple[str, int, str],
+        environ: Mapping[str, object],
         tls: ssl.SSLContext | None,
         extra_headers: Mapping[str, str],
         max_connections: int,
     ) -> None:
         self.app = app
         self.guard = app if isinstance(app, _Guard) else None
-        self.address = address
+        self.environ = environ
+        """What every request's WSGI environ holds."""
         self.tls = tls
         self.extra_headers = list(extra_headers.items())
         self.max_connections = max_connections
         self.pool = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="http-worker")
         self.auth_pool = (
-            ThreadPoolExecutor(1, thread_name_prefix="http-auth")
-            if self.guard is not None
-            else None
+            ThreadPoolExecutor(1, thread_name_prefix="http-auth") if self.guard else None
         )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.every: set[_Connection] = set()
@@ -473,10 +479,7 @@ class _Hub:
             answer = _Answer(*_call(self.app, request), close=False)
         except Exception:
             log.exception("cannot answer a request", extra={"request": line})
-            headers = [("Content-Type", "text/plain"), *self.extra_headers]
-            answer = _Answer(
-                "500 Internal Server Error", headers, b"Internal server error.\n", True
-            )
+            answer = _plain(500, "The answer failed.", self.extra_headers)
         if log.isEnabledFor(logging.DEBUG):
             extra = {"request": line, "status": answer.status[:3], "bytes": len(answer.body)}
             log.debug("answered", extra=extra)
@@ -670,8 +673,7 @@ class _Connection(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._count(0)
-                self._request = _environ(event, self._hub.address)
-                refusal = _refusal(event)
+                self._request, refusal = _environ(event, self._hub.environ)
                 if refusal is not None:
                     self._refuse(*refusal)
                     return
@@ -700,17 +702,28 @@ class _Connection(asyncio.Protocol):
     def _respond(self, answer: _Answer) -> None:
         """Frame an answer with h11 and send it; then close, or wait for the next request."""
         http = cast("h11.Connection", self._http)  # a request is in progress
-        head_only = self._request is not None and self._request["REQUEST_METHOD"] == "HEAD"
+        code, _, reason = answer.status.partition(" ")
+        fields = [(b"Date", _date(int(time.time())))]
+        fields += [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in answer.headers
+            if name.lower() not in _FRAMING
+        ]
+        # Also for HEAD, whose answer has the GET's Content-Length, not its body: RFC 9110 9.3.2.
+        fields.append((b"Content-Length", str(len(answer.body)).encode("ascii")))
+        if answer.close:
+            fields.append((b"Connection", b"close"))
+        head = h11.Response(status_code=int(code), headers=fields, reason=reason.encode("latin-1"))
         try:
-            parts = [http.send(_head(*answer[:2], len(answer.body), answer.close))]
-            if not head_only:  # a HEAD answer has the GET's Content-Length, not its body
-                parts.append(http.send(h11.Data(data=answer.body)))
-            parts.append(http.send(h11.EndOfMessage()))
+            data = http.send(head) or b""
+            if self._request is None or self._request["REQUEST_METHOD"] != "HEAD":
+                data += http.send(h11.Data(data=answer.body)) or b""
+            data += http.send(_END) or b""
         except h11.LocalProtocolError:
             log.exception("cannot frame an answer", extra={"status": answer.status})
             self.expire()
             return
-        self._send(b"".join(p for p in parts if p is not None))
+        self._send(data)
         if http.our_state is h11.MUST_CLOSE:
             self._close_when_sent()
         elif self._transport.get_write_buffer_size():
@@ -745,10 +758,7 @@ class _Connection(asyncio.Protocol):
         self._leave()
         self._buffer = b""
         self._count(0)
-        phrase = http.HTTPStatus(status).phrase
-        headers = [("Content-Type", "text/plain; charset=utf-8"), *self._hub.extra_headers]
-        body = f"{status} {phrase}: {reason}\n".encode()
-        self._respond(_Answer(f"{status} {phrase}", headers, body, close=True))
+        self._respond(_plain(status, reason, self._hub.extra_headers))
 
     def _close_when_sent(self) -> None:
         self._transport.close()  # asyncio sends what is buffered first
@@ -894,7 +904,7 @@ class HttpServer:
         """The connections open at most: `max_connections`, or fewer to fit the open files."""
         self._hub = _Hub(
             _guarded(app, config),
-            (host, self._port, self._scheme),
+            _server_environ(host, self._port, self._scheme),
             config.tls.context if config.tls is not None else None,
             config.headers,
             self.max_connections,
