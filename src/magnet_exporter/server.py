@@ -6,7 +6,7 @@ Open connections cost no thread. One thread ("http") runs an asyncio event loop 
 every connection with a small object, reads requests and frames answers with h11 (HTTP/1.1 by
 RFC 9110 and 9112), and closes connections whose request does not arrive in time or that stay
 idle too long. Only complete requests go to a small fixed
-pool of threads, which runs the WSGI app and hands back the whole answer for the loop to write.
+pool of threads, which runs the app and hands back the whole answer for the loop to write.
 TLS is done in memory (`ssl.MemoryBIO`) by the same loop, so a slow handshake holds no thread
 either. However many connections are open, the server uses `HTTP_THREADS` threads at most.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hmac
 import html
 import http
@@ -25,14 +26,12 @@ import resource
 import secrets
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from email.utils import formatdate
-from io import BytesIO
 from typing import TYPE_CHECKING, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
@@ -46,8 +45,7 @@ from magnet_exporter.poller import PollState
 from magnet_exporter.webconfig import BasicAuth, WebConfig
 
 if TYPE_CHECKING:
-    from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    pass
 
 log = logging.getLogger("magnet_exporter.server")
 
@@ -108,6 +106,27 @@ _VARY = ("Vary", "Accept, Accept-Encoding")
 _ALLOW = ("Allow", "OPTIONS,GET,HEAD")
 
 
+class Request(NamedTuple):
+    """A request as the app sees it: header names in lower case, repeated ones joined by commas."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+
+
+class Answer(NamedTuple):
+    """An answer for the event loop to frame and send; with `close`, the connection ends."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    close: bool = False
+
+
+App = Callable[[Request], Answer]
+
+
 class ExporterApp:
     """Routes requests: `/metrics` to the exposition, the rest answered here.
 
@@ -120,33 +139,33 @@ class ExporterApp:
         self.exposition = Exposition(registry, data)
         self._states = states
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, request: Request) -> Answer:
         """Answer one request."""
-        path = environ.get("PATH_INFO", "/")
-        if path == "/metrics":
-            method = environ["REQUEST_METHOD"]
+        if request.path == "/metrics":
             answer = self.exposition.answer(
-                "GET" if method == "HEAD" else method,  # the server sends HEAD without the body
-                environ.get("HTTP_ACCEPT"),
-                environ.get("HTTP_ACCEPT_ENCODING"),
-                environ.get("QUERY_STRING", ""),
+                # The server sends HEAD without the body.
+                "GET" if request.method == "HEAD" else request.method,
+                request.headers.get("accept"),
+                request.headers.get("accept-encoding"),
+                request.query,
             )
             # prometheus-client's headers, and what a cache on the way must know.
             headers = [
                 _ALLOW if name == "Allow" else (name, value) for name, value in answer.headers
             ]
-            start_response(answer.status, [*headers, _VARY, _NO_STORE])
-            return [answer.body]
-        if path == "/-/healthy":
-            return _text(start_response, "200 OK", "Healthy.\n")
-        if path == "/-/ready":
+            return Answer(answer.status, [*headers, _VARY, _NO_STORE], answer.body)
+        if request.path == "/-/healthy":
+            return _text("200 OK", "Healthy.\n")
+        if request.path == "/-/ready":
             # One organization with data is enough: a revoked key elsewhere must not hide it.
             if not any(s.last_success is not None for s in self._states().values()):
-                return _text(start_response, "503 Service Unavailable", "Not ready: no poll yet.\n")
-            return _text(start_response, "200 OK", "Ready.\n")
-        if path == "/":
-            return _respond(start_response, "200 OK", "text/html; charset=utf-8", self._landing())
-        return _text(start_response, "404 Not Found", "Not found. Metrics are at /metrics.\n")
+                return _text("503 Service Unavailable", "Not ready: no poll yet.\n")
+            return _text("200 OK", "Ready.\n")
+        if request.path == "/":
+            return Answer(
+                "200 OK", [("Content-Type", "text/html; charset=utf-8"), _NO_STORE], self._landing()
+            )
+        return _text("404 Not Found", "Not found. Metrics are at /metrics.\n")
 
     def _landing(self) -> bytes:
         rows = "".join(
@@ -181,16 +200,9 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
-def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
-    return _respond(start_response, status, "text/plain; charset=utf-8", body.encode())
-
-
-def _respond(
-    start_response: StartResponse, status: str, content_type: str, body: bytes
-) -> list[bytes]:
-    headers = [("Content-Type", content_type), _NO_STORE, ("Content-Length", str(len(body)))]
-    start_response(status, headers)
-    return [body]
+def _text(status: str, body: str, *headers: tuple[str, str], close: bool = False) -> Answer:
+    text = [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE, *headers]
+    return Answer(status, text, body.encode(), close)
 
 
 class _Guard:
@@ -199,9 +211,7 @@ class _Guard:
     MAX_REMEMBERED = 1024
     """Authorization values remembered as good; past that, they count as never seen."""
 
-    def __init__(
-        self, app: WSGIApplication, auth: BasicAuth | None, headers: Mapping[str, str]
-    ) -> None:
+    def __init__(self, app: App, auth: BasicAuth | None, headers: Mapping[str, str]) -> None:
         self._app = app
         self._auth = auth
         self._headers = list(headers.items())
@@ -210,44 +220,35 @@ class _Guard:
         self._key = secrets.token_bytes(32)
         self._passed: set[bytes] = set()
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, request: Request) -> Answer:
         """Answer one request, or refuse it with 401."""
-
-        def start(
-            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            kept = [(name, value) for name, value in headers if name.lower() not in self._replaced]
-            return start_response(status, kept + self._headers, exc_info)
-
-        if self._auth is not None and environ.get("PATH_INFO") != UNGUARDED_PATH:
-            authorization = environ.get("HTTP_AUTHORIZATION")
-            if not self._auth.check(authorization):
-                body = b"Unauthorized.\n"
-                start(
-                    "401 Unauthorized",
-                    [
-                        ("Content-Type", "text/plain; charset=utf-8"),
-                        ("Content-Length", str(len(body))),
-                        ("WWW-Authenticate", f'Basic realm="{REALM}"'),
-                    ],
-                )
-                return [body]
+        authorization = request.headers.get("authorization")
+        if self._auth is None or request.path == UNGUARDED_PATH:
+            answer = self._app(request)
+        elif not self._auth.check(authorization):
+            realm = ("WWW-Authenticate", f'Basic realm="{REALM}"')
+            answer = _text("401 Unauthorized", "Unauthorized.\n", realm)
+        else:
             if authorization is not None and len(self._passed) < self.MAX_REMEMBERED:
                 self._passed.add(self._fingerprint(authorization))
-        return self._app(environ, start)
+            answer = self._app(request)
+        kept = [
+            (name, value) for name, value in answer.headers if name.lower() not in self._replaced
+        ]
+        return answer._replace(headers=kept + self._headers)
 
-    def costly(self, environ: WSGIEnvironment) -> bool:
+    def costly(self, request: Request) -> bool:
         """Tell whether answering may take a bcrypt check: credentials not yet seen to pass."""
-        if self._auth is None or environ.get("PATH_INFO") == UNGUARDED_PATH:
+        if self._auth is None or request.path == UNGUARDED_PATH:
             return False
-        authorization = environ.get("HTTP_AUTHORIZATION")
+        authorization = request.headers.get("authorization")
         return authorization is not None and self._fingerprint(authorization) not in self._passed
 
     def _fingerprint(self, authorization: str) -> bytes:
         return hmac.digest(self._key, authorization.encode("utf-8", "surrogateescape"), "sha256")
 
 
-def _guarded(app: WSGIApplication, config: WebConfig) -> WSGIApplication:
+def _guarded(app: App, config: WebConfig) -> App:
     if not config.basic_auth_users and not config.headers:
         return app
     auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
@@ -257,126 +258,65 @@ def _guarded(app: WSGIApplication, config: WebConfig) -> WSGIApplication:
 # --- HTTP/1.1 over the event loop ---------------------------------------------------------------
 
 
-class _Answer(NamedTuple):
-    """An answer for the event loop to frame and send; with `close`, the connection ends."""
-
-    status: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    close: bool
+def _refusal(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> Answer:
+    """Return an answer that ends the connection, for a request the app does not answer."""
+    phrase = http.HTTPStatus(status).phrase
+    return _text(f"{status} {phrase}", f"{status} {phrase}: {reason}\n", *headers, close=True)
 
 
 # A host is a reg-name, an IPv4 address or an IP literal in brackets, and a port.
-_HOST = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
+_HOST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
 
 
-def _refusal(request: h11.Request) -> tuple[int, str] | None:
-    """Refuse what h11 accepts but RFC 9110 and 9112 do not, or what the app cannot answer."""
-    if len(request.headers) > MAX_HEADERS:
-        return 431, "Too many headers."
-    # h11 frames such a request by Transfer-Encoding and would keep the connection: a proxy
-    # in front may have framed it by Content-Length, and read what follows differently
-    # (RFC 9112 6.3: the server ought to refuse it, or at least close the connection).
-    names = {name for name, _ in request.headers}
-    if b"content-length" in names and b"transfer-encoding" in names:
-        return 400, "Both Content-Length and Transfer-Encoding."
-    for name, value in request.headers:
-        if name == b"content-length" and int(value) > MAX_BODY_BYTES:  # h11 checked the digits
-            return 413, "Request body too large."
-        if b"\x7f" in value:  # h11 lets DEL through; RFC 9110 5.5 allows no control character
-            return 400, "Bad header value."
-        if name == b"host" and not _HOST.fullmatch(value):  # RFC 9112 3.2: 400
-            return 400, "Bad Host header."
-    if request.http_version >= b"2":
-        return 505, f"Invalid HTTP version ({request.http_version.decode()})."
-    return None
+def _request(event: h11.Request) -> tuple[Request, tuple[int, str] | None]:
+    """Turn a request head into a `Request` in one pass over its headers.
 
-
-def _environ(request: h11.Request, server: tuple[str, int, str]) -> WSGIEnvironment:
-    """Turn a request head into a WSGI environ (without the client's address)."""
-    host, port, scheme = server
-    environ: dict[str, object] = {
-        "REQUEST_METHOD": request.method.decode("ascii"),
-        "SCRIPT_NAME": "",
-        "SERVER_NAME": host,
-        "SERVER_PORT": str(port),
-        "SERVER_PROTOCOL": f"HTTP/{request.http_version.decode('ascii')}",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scheme,
-        "wsgi.input": BytesIO(),  # no route reads a body: it is thrown away as it arrives
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    if scheme == "https":
-        environ["HTTPS"] = "on"  # as CGI tells the app
-    for name, value in request.headers:
-        if b"_" in name:
-            continue  # `X_Auth` would pass for `X-Auth` below: dropped, as Go and nginx do
-        key = name.decode("ascii").upper().replace("-", "_")
-        key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
-        text = value.decode("latin-1")
-        environ[key] = f"{environ[key]},{text}" if key in environ else text  # as wsgiref does
-    target = request.target.decode("ascii")
+    Also return the refusal, if any, of what h11 accepts but RFC 9110 and 9112 do not, or of
+    what the app cannot answer.
+    """
+    headers: dict[str, str] = {}
+    control = False
+    for name, value in event.headers:
+        control = control or b"\x7f" in value  # h11 lets DEL through; RFC 9110 5.5 does not
+        key, text = name.decode("ascii"), value.decode("latin-1")
+        headers[key] = f"{headers[key]},{text}" if key in headers else text  # RFC 9110 5.3
+    target = event.target.decode("ascii")
     if target.startswith("//"):  # as http.server does: not a host-relative URL
         target = "/" + target.lstrip("/")
     elif not target.startswith("/") and "://" in target:  # the absolute form
         parts = urlsplit(target)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     path, _, query = target.partition("?")
-    environ["PATH_INFO"] = unquote(path, "latin-1")
-    environ["QUERY_STRING"] = query
-    return cast("WSGIEnvironment", environ)
-
-
-def _call(
-    app: WSGIApplication, environ: WSGIEnvironment
-) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Run a WSGI app to the end; return its status, headers and whole body."""
-    started: list[tuple[str, list[tuple[str, str]]]] = []
-    written: list[bytes] = []
-
-    def start_response(
-        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-    ) -> Callable[[bytes], object]:
-        # Nothing is sent before the app returns, so a later call (with exc_info) replaces all.
-        started[:] = [(status, headers)]
-        return written.append
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join([*written, *result])
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    if not started:
-        raise RuntimeError("the app returned without calling start_response")
-    status, headers = started[0]
-    return status, headers, body
+    request = Request(event.method.decode("ascii"), unquote(path, "latin-1"), query, headers)
+    version = event.http_version.decode("ascii")
+    if len(event.headers) > MAX_HEADERS:
+        return request, (431, "Too many headers.")
+    # h11 frames such a request by Transfer-Encoding and would keep the connection: a proxy
+    # in front may have framed it by Content-Length, and read what follows differently
+    # (RFC 9112 6.3: the server ought to refuse it, or at least close the connection).
+    if "content-length" in headers and "transfer-encoding" in headers:
+        return request, (400, "Both Content-Length and Transfer-Encoding.")
+    if int(headers.get("content-length", 0)) > MAX_BODY_BYTES:  # h11 checked the digits
+        return request, (413, "Request body too large.")
+    if control:
+        return request, (400, "Bad header value.")
+    if not _HOST.fullmatch(headers.get("host", "")):  # RFC 9112 3.2: 400
+        return request, (400, "Bad Host header.")
+    if version >= "2":
+        return request, (505, f"Invalid HTTP version ({version}).")
+    return request, None
 
 
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
+_END = h11.EndOfMessage()
 _FRAMING = frozenset({"connection", "content-length", "keep-alive", "transfer-encoding"})
 """Headers of the app's that h11 and the server set themselves."""
 
 
-def _head(
-    status: str, headers: Iterable[tuple[str, str]], length: int, close: bool
-) -> h11.Response:
-    """Return the head of an answer whose body has `length` bytes."""
-    code, _, reason = status.partition(" ")
-    fields = [(b"Date", formatdate(usegmt=True).encode("ascii"))]
-    fields += [
-        (name.encode("latin-1"), value.encode("latin-1"))
-        for name, value in headers
-        if name.lower() not in _FRAMING
-    ]
-    fields.append((b"Content-Length", str(length).encode("ascii")))  # also for HEAD: RFC 9110 9.3.2
-    if close:
-        fields.append((b"Connection", b"close"))
-    return h11.Response(status_code=int(code), headers=fields, reason=reason.encode("latin-1"))
+@functools.lru_cache(maxsize=1)
+def _date(second: int) -> bytes:
+    """Return the Date header's value: made once a second, not for every answer."""
+    return formatdate(second, usegmt=True).encode("ascii")
 
 
 # A connection is in one of these states; all but _BUSY and _CLOSED have a deadline.
@@ -398,23 +338,19 @@ class _Hub:
 
     def __init__(
         self,
-        app: WSGIApplication,
-        address: tuple[str, int, str],
+        app: App,
         tls: ssl.SSLContext | None,
         extra_headers: Mapping[str, str],
         max_connections: int,
     ) -> None:
         self.app = app
         self.guard = app if isinstance(app, _Guard) else None
-        self.address = address
         self.tls = tls
         self.extra_headers = list(extra_headers.items())
         self.max_connections = max_connections
         self.pool = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="http-worker")
         self.auth_pool = (
-            ThreadPoolExecutor(1, thread_name_prefix="http-auth")
-            if self.guard is not None
-            else None
+            ThreadPoolExecutor(1, thread_name_prefix="http-auth") if self.guard else None
         )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.every: set[_Connection] = set()
@@ -457,7 +393,7 @@ class _Hub:
         while self.held > HEAD_BYTES_BUDGET and self.heads:
             next(iter(self.heads)).expire()
 
-    def submit(self, connection: _Connection, request: WSGIEnvironment) -> None:
+    def submit(self, connection: _Connection, request: Request) -> None:
         """Have a worker answer; requests that may need bcrypt go to their own thread."""
         costly = self.guard is not None and self.guard.costly(request)
         pool = self.auth_pool if costly and self.auth_pool is not None else self.pool
@@ -466,17 +402,14 @@ class _Hub:
         except RuntimeError:  # the pool is shut down: the server is stopping
             connection.expire()
 
-    def answer(self, connection: _Connection, request: WSGIEnvironment) -> None:
+    def answer(self, connection: _Connection, request: Request) -> None:
         """Run the app for one request (in a worker) and give the answer to the loop."""
-        line = f"{request['REQUEST_METHOD']} {request['PATH_INFO'][:200]}"
+        line = f"{request.method} {request.path[:200]}"
         try:
-            answer = _Answer(*_call(self.app, request), close=False)
+            answer = self.app(request)
         except Exception:
             log.exception("cannot answer a request", extra={"request": line})
-            headers = [("Content-Type", "text/plain"), *self.extra_headers]
-            answer = _Answer(
-                "500 Internal Server Error", headers, b"Internal server error.\n", True
-            )
+            answer = _refusal(500, "The answer failed.", self.extra_headers)
         if log.isEnabledFor(logging.DEBUG):
             extra = {"request": line, "status": answer.status[:3], "bytes": len(answer.body)}
             log.debug("answered", extra=extra)
@@ -552,7 +485,7 @@ class _Connection(asyncio.Protocol):
         self._tls: _Tls | None = None
         # The request in progress, made on its first byte: an idle connection holds none.
         self._http: h11.Connection | None = None
-        self._request: WSGIEnvironment | None = None
+        self._request: Request | None = None
         self._body = 0  # bytes of its body read, and thrown away
         self._state = _HEAD
         self._queue: _Queue | None = None
@@ -617,7 +550,7 @@ class _Connection(asyncio.Protocol):
 
     # Called by the hub
 
-    def answered(self, answer: _Answer) -> None:
+    def answered(self, answer: Answer) -> None:
         """Send an answer from a worker; then close, or wait for the next request."""
         if self._state == _BUSY:  # else closed meanwhile
             self._respond(answer)
@@ -670,8 +603,7 @@ class _Connection(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._count(0)
-                self._request = _environ(event, self._hub.address)
-                refusal = _refusal(event)
+                self._request, refusal = _request(event)
                 if refusal is not None:
                     self._refuse(*refusal)
                     return
@@ -686,8 +618,6 @@ class _Connection(asyncio.Protocol):
                     self._refuse(413, "Request body too large.")
                     return
             elif isinstance(event, h11.EndOfMessage) and self._request is not None:
-                peer = self._transport.get_extra_info("peername")
-                self._request["REMOTE_ADDR"] = peer[0] if isinstance(peer, tuple) else ""
                 self._state = _BUSY
                 self._leave()
                 self._count(len(http.trailing_data[0]))  # a next request, sent along
@@ -697,20 +627,31 @@ class _Connection(asyncio.Protocol):
                 self.expire()
                 return
 
-    def _respond(self, answer: _Answer) -> None:
+    def _respond(self, answer: Answer) -> None:
         """Frame an answer with h11 and send it; then close, or wait for the next request."""
         http = cast("h11.Connection", self._http)  # a request is in progress
-        head_only = self._request is not None and self._request["REQUEST_METHOD"] == "HEAD"
+        code, _, reason = answer.status.partition(" ")
+        fields = [(b"Date", _date(int(time.time())))]
+        fields += [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in answer.headers
+            if name.lower() not in _FRAMING
+        ]
+        # Also for HEAD, whose answer has the GET's Content-Length, not its body: RFC 9110 9.3.2.
+        fields.append((b"Content-Length", str(len(answer.body)).encode("ascii")))
+        if answer.close:
+            fields.append((b"Connection", b"close"))
+        head = h11.Response(status_code=int(code), headers=fields, reason=reason.encode("latin-1"))
         try:
-            parts = [http.send(_head(*answer[:2], len(answer.body), answer.close))]
-            if not head_only:  # a HEAD answer has the GET's Content-Length, not its body
-                parts.append(http.send(h11.Data(data=answer.body)))
-            parts.append(http.send(h11.EndOfMessage()))
+            data = http.send(head) or b""
+            if self._request is None or self._request.method != "HEAD":
+                data += http.send(h11.Data(data=answer.body)) or b""
+            data += http.send(_END) or b""
         except h11.LocalProtocolError:
             log.exception("cannot frame an answer", extra={"status": answer.status})
             self.expire()
             return
-        self._send(b"".join(p for p in parts if p is not None))
+        self._send(data)
         if http.our_state is h11.MUST_CLOSE:
             self._close_when_sent()
         elif self._transport.get_write_buffer_size():
@@ -745,10 +686,7 @@ class _Connection(asyncio.Protocol):
         self._leave()
         self._buffer = b""
         self._count(0)
-        phrase = http.HTTPStatus(status).phrase
-        headers = [("Content-Type", "text/plain; charset=utf-8"), *self._hub.extra_headers]
-        body = f"{status} {phrase}: {reason}\n".encode()
-        self._respond(_Answer(f"{status} {phrase}", headers, body, close=True))
+        self._respond(_refusal(status, reason, self._hub.extra_headers))
 
     def _close_when_sent(self) -> None:
         self._transport.close()  # asyncio sends what is buffered first
@@ -894,7 +832,6 @@ class HttpServer:
         """The connections open at most: `max_connections`, or fewer to fit the open files."""
         self._hub = _Hub(
             _guarded(app, config),
-            (host, self._port, self._scheme),
             config.tls.context if config.tls is not None else None,
             config.headers,
             self.max_connections,
