@@ -23,7 +23,7 @@ EXPECTED_ROWS = [
     "poll processing CPU, 200 sessions (0.2 MB)",
     "poll processing CPU, 500 sessions (0.4 MB)",
     "poll processing CPU, 1,000 sessions (0.9 MB)",
-    "poll processing CPU, 1,000 sessions, many authors vs 1",
+    "poll processing CPU, 1,000 sessions, 500 authors vs 1",
     "poll processing CPU, 1,000 sessions, distinct vs equal titles, branches, PR URLs",
     "poll processing CPU, 1,000 sessions, 1% with a bad value",
     "poll of 1,000 sessions (request, transfer, parse), mean of 2",
