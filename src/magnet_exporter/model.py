@@ -400,8 +400,12 @@ def _one_pass(
     week_ago = now - timedelta(seconds=WEEK_SECONDS)
     groups: dict[_RawKey, _Group] = {}
     raw_key, new_group = grouping.raw_key, grouping.new_group
-    recent: list[tuple[_Group, Any, datetime]] = []
-    active: list[tuple[_Group, Any, datetime]] = []
+    # Parallel lists of the sessions to see again and their groups: no tuple per session,
+    # which the cyclic garbage collector would walk (a twentieth of the pass).
+    recent: list[Any] = []
+    recent_groups: list[_Group] = []
+    active: list[Any] = []
+    active_groups: list[_Group] = []
     for session in sessions:
         key = raw_key(session)
         group = groups.get(key)
@@ -418,20 +422,23 @@ def _one_pass(
         if last is None:
             continue
         if last > week_ago:
-            recent.append((group, session, last))
+            recent.append(session)
+            recent_groups.append(group)
         elif group.kind == _ACTIVE_KIND:
-            active.append((group, session, last))
+            active.append(session)
+            active_groups.append(group)
     authors_day: set[str] = set()
     authors_week: set[str] = set()
     duration_sum = len(DURATION_BUCKETS) + 1
-    for group, session, last in recent:
+    for session, group in zip(recent, recent_groups, strict=True):
         author = session.author
         if author is not None and author.id:
             authors_week.add(author.id)
-            if last > day_ago:
+            if (session.updatedAt or session.createdAt) > day_ago:
                 authors_day.add(author.id)
         if group.kind == _ACTIVE_KIND:
-            active.append((group, session, last))
+            active.append(session)
+            active_groups.append(group)
         elif group.kind == _FINISHED_KIND:
             created, updated = session.createdAt, session.updatedAt
             if created is not None and updated is not None:
@@ -442,7 +449,8 @@ def _one_pass(
     idle_sum = len(IDLE_BUCKETS) + 1
     idle_from = now - timedelta(seconds=listing.after_seconds)
     selection = _IdleSelection(listing.limit)
-    for group, session, last in active:
+    for session, group in zip(active, active_groups, strict=True):
+        last = session.updatedAt or session.createdAt
         seconds = max(0.0, (now - last).total_seconds())
         group.idle[bisect_left(IDLE_BUCKETS, seconds)] += 1
         group.idle[idle_sum] += seconds
