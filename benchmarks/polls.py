@@ -1,7 +1,7 @@
 """The exporter as an operator runs it, measured from outside while it polls.
 
 A real `magnet-exporter` process polls the benchmark API (`benchmarks.api`) every few seconds.
-A thread samples the resident memory of the exporter and all its children, summed, every few
+A thread samples the memory (PSS) of the exporter and all its children, summed, every few
 milliseconds: the figure a container limit sees, which the sum of each process's own peak is
 not. The exporter's own metrics give the poll durations and the bytes received.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -27,9 +26,9 @@ from benchmarks.children import (
     free_port,
     wait_until,
 )
-from benchmarks.procfs import descendants, tree_cpu_seconds, tree_rss
+from benchmarks.procfs import descendants, pss_bytes, tree_cpu_seconds, tree_pss
 
-SAMPLE_SECONDS = 0.005
+SAMPLE_SECONDS = 0.01
 INTERVAL = 5.0
 """Seconds between polls: the shortest the exporter allows."""
 
@@ -43,10 +42,10 @@ class Profile:
     poll_seconds: float
     """Mean of `magnet_exporter_poll_duration_seconds` over every poll, the first included."""
     first_poll_seconds: float
-    peak_rss: int
-    """The highest resident memory of all the exporter's processes together."""
-    steady_rss: int
-    """All processes together after the last poll, once the worker (if any) has gone idle."""
+    peak_memory: int
+    """The highest memory (PSS) of all the exporter's processes together."""
+    steady_memory: int
+    """All processes together after the last poll, between two polls."""
     cpu_per_poll: float
     """CPU seconds of all processes per poll, from the second poll on."""
     received_per_poll: float
@@ -55,11 +54,11 @@ class Profile:
     """The decoded size of the answer."""
 
 
-class RssSampler:
-    """Samples the resident memory of a process tree in a thread; keeps the highest.
+class MemorySampler:
+    """Samples the memory of a process tree (PSS, see `tree_pss`) in a thread; keeps the highest.
 
     Finding the tree walks all of /proc, so it is looked for every `REFRESH_SECONDS` only;
-    in between, each sample reads one small file per process of the tree.
+    in between, each sample reads one file per process of the tree (about 0.5 ms each).
     """
 
     REFRESH_SECONDS = 0.1
@@ -68,10 +67,9 @@ class RssSampler:
         self.pid = pid
         self.peak = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
     def _run(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
         tree: list[int] = []
         found_at = -self.REFRESH_SECONDS
         while not self._stop.is_set():
@@ -79,14 +77,13 @@ class RssSampler:
                 tree, found_at = [self.pid, *descendants(self.pid)], time.monotonic()
             total = 0
             for pid in tree:
-                with contextlib.suppress(OSError, IndexError):  # ended while we looked
-                    # statm's second field: resident pages, as VmRSS counts them.
-                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+                with contextlib.suppress(OSError):  # ended while we looked
+                    total += pss_bytes(pid)
             self.peak = max(self.peak, total)
             self._stop.wait(SAMPLE_SECONDS)
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[RssSampler]:
+    def running(self) -> Iterator[MemorySampler]:
         """Sample while the block runs."""
         self._thread.start()
         try:
@@ -121,8 +118,14 @@ def wait_for_polls(url: str, count: int, timeout: float) -> None:
     raise BenchmarkError(f"{url}: fewer than {count} polls within {timeout:.0f} s")
 
 
-def profile(body_file: Path, sessions: int, polls: int, workdir: Path) -> Profile:
-    """Run the exporter on the body in `body_file` for `polls` polls, and measure it."""
+def profile(
+    body_file: Path, sessions: int, polls: int, workdir: Path, *, memory: bool = False
+) -> Profile:
+    """Run the exporter on the body in `body_file` for `polls` polls, and measure it.
+
+    With `memory`, the peak memory is sampled too; reading it costs the machine CPU, so the
+    times of such a run are not to be trusted (`peak_memory` is 0 without).
+    """
     api_port, port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{api_port}"
     url = f"http://127.0.0.1:{port}/metrics"
@@ -134,8 +137,8 @@ def profile(body_file: Path, sessions: int, polls: int, workdir: Path) -> Profil
     with child(api_command, workdir) as api_server:
         wait_until(api_server, f"{api_url}/api/sessions", lambda r: r.status_code == 200)
         with child(command, workdir, child_env(MAGNET_API_KEY=API_KEY)) as exporter:
-            sampler = RssSampler(exporter.pid)
-            with sampler.running():
+            sampler = MemorySampler(exporter.pid)
+            with sampler.running() if memory else contextlib.nullcontext(sampler):
                 wait_for_polls(url, 1, timeout=120)
                 first = samples(url)
                 cpu_before = tree_cpu_seconds(exporter.pid)
@@ -143,7 +146,7 @@ def profile(body_file: Path, sessions: int, polls: int, workdir: Path) -> Profil
                 time.sleep(INTERVAL * (polls - 1) + INTERVAL / 2)
                 cpu_after = tree_cpu_seconds(exporter.pid)
                 last = samples(url)
-                steady = tree_rss(exporter.pid)
+                steady = tree_pss(exporter.pid)
     done = last.get("magnet_exporter_polls_total", 0.0)
     later = done - first.get("magnet_exporter_polls_total", 0.0)
     if later < 1 or last.get("magnet_up", 0.0) != 1.0:
@@ -155,8 +158,8 @@ def profile(body_file: Path, sessions: int, polls: int, workdir: Path) -> Profil
         polls=int(done),
         poll_seconds=last[f"{duration}_sum"] / last[f"{duration}_count"],
         first_poll_seconds=first[f"{duration}_sum"] / first[f"{duration}_count"],
-        peak_rss=sampler.peak,
-        steady_rss=steady,
+        peak_memory=sampler.peak,
+        steady_memory=steady,
         cpu_per_poll=(cpu_after - cpu_before) / later,
         received_per_poll=received / done,
         body_bytes=last.get("magnet_exporter_response_size_bytes", float(body_file.stat().st_size)),

@@ -62,6 +62,27 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of `pid`: its own pages, and its share of the pages it shares."""
+    return (_kib(PROC / str(pid) / "smaps_rollup", "Pss") or 0) * 1024
+
+
+def tree_pss(pid: int) -> int:
+    """Proportional set size of `pid` and all its descendants, summed.
+
+    Unlike the sum of their resident sizes, each page shared by several of them (the
+    interpreter, the libraries: about 15 MB between the exporter and a worker) counts once,
+    as the memory of a container counts it.
+    """
+    total = 0
+    for member in (pid, *descendants(pid)):
+        try:
+            total += pss_bytes(member)
+        except OSError:
+            continue  # ended while we looked
+    return total
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of `pid` and its live descendants (every thread), and of their reaped children.
 

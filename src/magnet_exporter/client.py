@@ -10,11 +10,10 @@ import time
 from collections.abc import Callable
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import cast
+from typing import Protocol, cast
 
 import httpx
 from isal import isal_zlib
-from pydantic import SecretStr
 
 from magnet_exporter import __version__
 
@@ -180,6 +179,17 @@ def api_http_client(timeout: float) -> httpx.Client:
     return httpx.Client(timeout=timeout, headers=headers, follow_redirects=False)
 
 
+class Secret(Protocol):
+    """The API key as the client reads it: pydantic's `SecretStr`, or the poll worker's own.
+
+    A protocol, so that poll workers need not import pydantic (about 6 MB each).
+    """
+
+    def get_secret_value(self) -> str:
+        """Return the key itself, for the request header only."""
+        ...
+
+
 class MagnetClient:
     """Fetches the raw List Sessions body, one request per call; every failure is a `PollError`."""
 
@@ -187,7 +197,7 @@ class MagnetClient:
         self,
         http: httpx.Client,
         api_url: str,
-        api_key: Callable[[], SecretStr],
+        api_key: Callable[[], Secret],
         organization_id: str | None = None,
         *,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,

@@ -26,9 +26,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Protocol
 
-from pydantic import SecretStr
-
-from magnet_exporter.client import MagnetClient, Outcome, PollError, api_http_client
+from magnet_exporter.client import MagnetClient, Outcome, PollError, Secret, api_http_client
 from magnet_exporter.model import IdleListing, Snapshot, SnapshotParser
 
 log = logging.getLogger("magnet_exporter.sources")
@@ -361,7 +359,7 @@ class WorkerSource:
         self,
         pool: WorkerPool,
         organization_id: str | None,
-        key: Callable[[], SecretStr],
+        key: Callable[[], Secret],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
@@ -414,11 +412,24 @@ class AdaptiveSource:
 class _CurrentKey:
     """The key of the request being served: each request brings the exporter's latest."""
 
-    def __init__(self) -> None:
-        self.value = SecretStr("")
+    __slots__ = ("_value",)
 
-    def __call__(self) -> SecretStr:
-        return self.value
+    def __init__(self) -> None:
+        self._value = ""
+
+    def set(self, value: str) -> None:
+        """Hold the key of the next request."""
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        """Return the key itself."""
+        return self._value
+
+    def __call__(self) -> _CurrentKey:
+        return self
+
+    def __repr__(self) -> str:
+        return "_CurrentKey('**********')"  # never the key, as SecretStr
 
 
 class _ExporterClock:
@@ -445,7 +456,7 @@ def _serve(connection: Connection) -> None:
                 request: _Request = connection.recv()
             except (EOFError, OSError):  # the exporter is gone or done with us
                 return
-            key.value = SecretStr(request.key)
+            key.set(request.key)
             source = sources.get(request.organization_id)
             if source is None:
                 client = MagnetClient(
