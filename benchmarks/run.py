@@ -553,7 +553,7 @@ def sizing(sizes: Sequence[int], profile_polls: int) -> str:
             per_day = found.received_per_poll * 86_400 / 60
             lines.append(
                 f"| {size:,} | {mb(int(found.body_bytes))} | {mb(int(found.received_per_poll))} "
-                f"| {mb(int(per_day))} | {mb(found.peak_memory)} | {mb(found.steady_memory)} "
+                f"| {per_day / 1e9:.2f} GB | {mb(found.peak_memory)} | {mb(found.steady_memory)} "
                 f"| {ms(found.cpu_per_poll)} |"
             )
     return "\n".join(lines)
