@@ -377,38 +377,6 @@ def test_a_render_during_which_the_version_moved_is_not_kept() -> None:
     assert data_value(exposition.answer("GET")) == 3
 
 
-def test_after_a_poll_the_formats_served_are_rendered_before_any_scrape() -> None:
-    data = CountingData()
-    exposition = Exposition(CollectorRegistry(), data)
-    exposition.answer("GET", OPENMETRICS, "gzip")
-    exposition.answer("GET", None)
-    assert data.collects == 2
-    exposition.refresh()  # no poll since: nothing to render
-    assert data.collects == 2
-    data.current, data.value = 1, 2  # a poll
-    exposition.refresh()
-    assert data.collects == 4  # both formats served so far, and no other
-    assert data_value(exposition.answer("GET", OPENMETRICS, "gzip")) == 2
-    assert data_value(exposition.answer("GET", None)) == 2
-    assert data.collects == 4  # the scrapes found them ready
-
-
-def test_while_a_poll_is_rendered_scrapes_serve_the_poll_before() -> None:
-    data = CountingData()
-    exposition = Exposition(CollectorRegistry(), data)
-    assert data_value(exposition.answer("GET", PROMETHEUS_3, "gzip")) == 1
-    data.current, data.value, data.seconds = 1, 2, 0.5  # a poll, slow to render
-    refreshing = threading.Thread(target=exposition.refresh)
-    refreshing.start()
-    while data.collects < 2:  # the refresh has started rendering
-        time.sleep(0.001)
-    during = exposition.answer("GET", PROMETHEUS_3, "gzip")
-    refreshing.join()
-    assert data_value(during) == 1  # served at once, from the poll before
-    assert data_value(exposition.answer("GET", PROMETHEUS_3, "gzip")) == 2
-    assert data.collects == 2  # neither scrape rendered
-
-
 def test_the_cache_holds_a_bounded_number_of_formats() -> None:
     data = CountingData()
     exposition = Exposition(CollectorRegistry(), data)

@@ -206,9 +206,6 @@ class Exporter:
         """
         metrics = PollMetrics(registry)
         self.pollers: dict[str, Poller] = {}
-        registry.register(StatusCollector(self.states))
-        data = DataCollector(self.states, settings.session_labels, settings.stale_after, monotonic)
-        self.app = ExporterApp(registry, self.states, data)
         targets = settings.targets()
         self._pool = _worker_pool(settings, len(targets), monotonic) if workers else None
         for target in targets:
@@ -220,8 +217,10 @@ class Exporter:
                 settings.poll_interval_seconds,
                 clock,
                 monotonic=monotonic,
-                published=self.app.exposition.refresh,  # the scrapes after a poll find it ready
             )
+        registry.register(StatusCollector(self.states))
+        data = DataCollector(self.states, settings.session_labels, settings.stale_after, monotonic)
+        self.app = ExporterApp(registry, self.states, data)
 
     def states(self) -> dict[str, PollState]:
         """Return the current state of every organization."""

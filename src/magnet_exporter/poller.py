@@ -155,11 +155,8 @@ class Poller:
         retry: RetryPolicy = RetryPolicy(),  # frozen, so one default is safe to share
         rng: random.Random | None = None,
         monotonic: Clock = time.monotonic,
-        published: Callable[[], None] = lambda: None,
     ) -> None:
         self._source = source
-        self._published = published
-        """Told after each new state, so that what serves it can get ready (`/metrics`)."""
         self._series = series
         self._metrics = metrics
         self._organization = organization
@@ -199,7 +196,6 @@ class Poller:
         self._metrics.duration.labels(self._organization).observe(time.monotonic() - started)
         self._metrics.polls.labels(self._organization, outcome.value).inc()
         self.state = dataclasses.replace(state, last_poll=self._clock())
-        self._published()
         return self.state
 
     def _count_invalid(self, snapshot: Snapshot) -> None:
