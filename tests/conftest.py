@@ -125,12 +125,17 @@ def background_process(
             wait_for_status(ready_url, 200, timeout=15)
             yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process)
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """Ask a process to stop, kill it if it has not within 5 s, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run_poller_until(poller: Poller, done: Callable[[], bool], timeout: float) -> None:

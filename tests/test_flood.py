@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-from conftest import RunningExporter, background_process, exporter_env, free_port
+from conftest import RunningExporter, background_process, exporter_env, free_port, terminate
 from prometheus_client.parser import text_string_to_metric_families
 
 from magnet_exporter.server import (
@@ -294,9 +294,4 @@ def test_a_flood_of_tls_connections_stays_within_the_shipped_memory_limit(tmp_pa
         assert files <= DEFAULT_TLS_MAX_CONNECTIONS + 64  # the limit, and the exporter's own
         assert memory < MEMORY_LIMIT
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
