@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -16,11 +16,10 @@ import pytest
 from conftest import FakeClock
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from magnet_exporter.client import Outcome
 from magnet_exporter.collector import DataCollector, StatusCollector
@@ -413,38 +412,3 @@ def test_without_data_only_the_live_registry_is_served() -> None:
     expected = openmetrics.generate_latest(live)  # type: ignore[no-untyped-call]
     assert exposition.answer("GET", OPENMETRICS).body == expected
     assert gzip.decompress(exposition.answer("GET", None, "gzip").body) == generate_latest(live)
-
-
-class FixedData:
-    """A data part of the two types it holds, with label values that need escaping."""
-
-    def version(self) -> object:
-        return 0
-
-    def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily(
-            "magnet_fake", 'Help with a \\ backslash,\na newline and "quotes".', labels=["b", "a"]
-        )
-        for value in ("plain", "back\\slash", "new\nline", 'a "quote"', "ünïcödé", ""):
-            gauge.add_metric([value, "x"], 1.5)
-        gauge.add_metric(["big", "x"], 1.0e21)
-        gauge.add_metric(["small", "x"], 1.0e-7)
-        gauge.add_metric(["zero", "x"], 0)
-        yield gauge
-        histogram = GaugeHistogramMetricFamily("magnet_fake_seconds", "Seconds.", labels=["m"])
-        histogram.add_metric(["m1"], [("60.0", 2.0), ("+Inf", 3.0)], gsum_value=130.5)
-        histogram.add_metric(["m2"], [("60.0", 0.0), ("+Inf", 0.0)], gsum_value=0.0)
-        yield histogram
-
-
-@pytest.mark.parametrize(
-    ("accept", "reference"),
-    [(None, generate_latest), (PROMETHEUS_3, openmetrics.generate_latest)],
-    ids=["text", "openmetrics"],
-)
-def test_the_data_part_is_written_byte_for_byte_as_prometheus_client_writes_it(
-    accept: str | None, reference: Callable[[Collector], bytes]
-) -> None:
-    data = FixedData()
-    answer = Exposition(CollectorRegistry(), data).answer("GET", accept)
-    assert answer.body == reference(data)
