@@ -204,12 +204,9 @@ class _Worker:
         the end of its request: the windows of the snapshot are as of then.
         """
         with self._lock:
-            self._replace_if_dead()
             try:
-                connection = self._connection or self._start()
-            except OSError as exc:
-                self._stop()
-                # The poller logs the failed poll with this reason: one line.
+                connection = self._running()
+            except OSError as exc:  # the poller logs the failed poll with this reason: one line
                 return _Failure.unsent(f"no poll worker could be started: {exc.strerror or exc}")
             wait_until = time.monotonic() + max(0.0, request.seconds_left) + self._reply_grace
             try:
@@ -239,17 +236,23 @@ class _Worker:
         if not self._lock.acquire(blocking=False):
             return  # serving a request: it runs
         try:
-            self._replace_if_dead()
-            if self._connection is None:
-                try:
-                    self._start()
-                except OSError as exc:
-                    self._stop()  # the next request tries again, and fails its poll if not
-                    log.warning("no poll worker could be started: %s", exc.strerror or exc)
-                    return
-                self._last_used = self._idle_clock()  # idle from now, not from long ago
+            self._running()
+            self._last_used = self._idle_clock()  # idle from now, not from long ago
+        except OSError as exc:  # the next request tries again, and fails its poll if not
+            log.warning("no poll worker could be started: %s", exc.strerror or exc)
         finally:
             self._lock.release()
+
+    def _running(self) -> Connection:
+        """Return the connection to a live process, started if need be; OSError if it cannot be."""
+        self._replace_if_dead()
+        if self._connection is not None:
+            return self._connection
+        try:
+            return self._start()
+        except OSError:
+            self._stop()
+            raise
 
     def _replace_if_dead(self) -> None:
         """Clear a process that exited since its last request (killed, out of memory)."""
@@ -433,9 +436,9 @@ class AdaptiveSource:
         else:
             self._pool.stop_idle()  # workers that nobody needs any more
             fetched = self._here.fetch(deadline)
-            if fetched.body_bytes >= self._threshold:
-                self._pool.start_next()  # ready for the next poll, which it will serve
-        self._large = fetched.body_bytes >= self._threshold
+        was_large, self._large = self._large, fetched.body_bytes >= self._threshold
+        if self._large and not was_large:
+            self._pool.start_next()  # ready for the next poll, which it will serve
         return fetched
 
 
