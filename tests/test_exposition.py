@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -15,16 +16,17 @@ import httpx
 import pytest
 from conftest import FakeClock
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, make_wsgi_app
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.metrics_core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from magnet_exporter.client import Outcome
 from magnet_exporter.collector import DataCollector, StatusCollector
-from magnet_exporter.exposition import MAX_CACHED_FORMATS, Answer, Exposition
-from magnet_exporter.model import SessionGroup, Snapshot, checked_fields
+from magnet_exporter.demo import Population, SimulatedMagnet
+from magnet_exporter.exposition import MAX_CACHED_FORMATS, Answer, Exposition, VersionedCollector
+from magnet_exporter.model import SessionGroup, Snapshot, SnapshotParser, checked_fields
 from magnet_exporter.poller import PollMetrics, PollState
 
 LABELS = ("status", "model")
@@ -412,3 +414,58 @@ def test_without_data_only_the_live_registry_is_served() -> None:
     expected = openmetrics.generate_latest(live)  # type: ignore[no-untyped-call]
     assert exposition.answer("GET", OPENMETRICS).body == expected
     assert gzip.decompress(exposition.answer("GET", None, "gzip").body) == generate_latest(live)
+
+
+class FixedData:
+    """A data part of both types it holds, with label values and help that need escaping."""
+
+    def version(self) -> object:
+        return 0
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "magnet_fake", 'Help with a \\ backslash,\na newline and "quotes".', labels=["b", "a"]
+        )
+        for value in ("plain", "back\\slash", "new\nline", 'a "quote"', "ünïcödé", ""):
+            gauge.add_metric([value, "x"], 1.5)
+        for value in (1.0e21, 1.0e-7, 0, -2.5, 1234567.0, float("nan"), float("inf")):
+            gauge.add_metric([str(value), "x"], value)
+        yield gauge
+        histogram = GaugeHistogramMetricFamily("magnet_fake_seconds", "Seconds.", labels=["m"])
+        histogram.add_metric(["m1"], [("60.0", 2.0), ("+Inf", 3.0)], gsum_value=130.5)
+        histogram.add_metric(["m2"], [("60.0", 0.0), ("+Inf", 0.0)], gsum_value=0.0)
+        yield histogram
+
+
+def realistic_data() -> DataCollector:
+    """The data part of an organization of 2,000 sessions by hundreds of authors."""
+    labels = ("status", "pr_status", "model", "repository")
+    magnet = SimulatedMagnet(
+        seed=3, clock=lambda: 1_795_000_000.0, listed_sessions=2_000, population=Population()
+    )
+    body = json.dumps(magnet.sessions_response("acme")).encode()
+    found = SnapshotParser(labels).parse(body, 1_795_000_000.0)
+    state = PollState(True, found, 0.0, 0.0, Outcome.SUCCESS, None, 0.0)
+    return DataCollector(lambda: {"acme": state, "beta": state}, labels, 180, lambda: 0.0)
+
+
+# Every content type the data part has an encoder of its own for, as Prometheus and curl ask.
+PLAIN_FORMATS = [
+    None,
+    "text/plain;version=0.0.4",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=underscores",
+    OPENMETRICS,
+    PROMETHEUS_3,
+]
+
+
+@pytest.mark.parametrize("accept", PLAIN_FORMATS)
+@pytest.mark.parametrize("make", [FixedData, realistic_data], ids=["escaping", "realistic"])
+def test_the_data_part_is_written_byte_for_byte_as_prometheus_client_writes_it(
+    accept: str | None, make: Callable[[], VersionedCollector]
+) -> None:
+    data = make()
+    encoder, _ = choose_encoder(accept or "")
+    answer = Exposition(CollectorRegistry(), data).answer("GET", accept)
+    assert answer.body == encoder(data)

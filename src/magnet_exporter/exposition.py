@@ -13,7 +13,7 @@ import dataclasses
 import gzip
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 from urllib.parse import parse_qs
 
@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 GZIP_LEVEL = 6
 """zlib's own default. The data part is compressed once per poll, but the live part on every
@@ -150,7 +151,95 @@ class Exposition:
             return part.gzip
 
     def _render_data(self, encoder: Encoder, content_type: str) -> bytes:
-        text = encoder(self._data)
+        families = _Collected(list(self._data.collect()))  # collected once, whoever writes
+        plain = _PLAIN_ENCODERS.get(content_type)
+        if plain is not None and all(family.type in _PLAIN_TYPES for family in families.families):
+            text = plain(families.families)
+        else:
+            text = encoder(families)
         if content_type.startswith("application/openmetrics-text"):
             return text.removesuffix(OPENMETRICS_EOF)  # the live part ends the body with it
         return text
+
+
+class _Collected:
+    """Families collected already, as a collector for prometheus-client's encoders."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def _escaped(value: str) -> str:
+    """Escape a label value (in both formats) or an OpenMetrics help text."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _sample_lines(family: Metric, names: Sequence[str] | None = None) -> list[str]:
+    lines = []
+    for sample in family.samples:
+        if names is not None and sample.name not in names:
+            continue
+        labels = ",".join(f'{k}="{_escaped(v)}"' for k, v in sorted(sample.labels.items()))
+        braces = f"{{{labels}}}" if labels else ""
+        value = floatToGoString(sample.value)  # type: ignore[no-untyped-call]
+        lines.append(f"{sample.name}{braces} {value}\n")
+    return lines
+
+
+def _plain_openmetrics(families: Iterable[Metric]) -> bytes:
+    """Write gauges and gauge histograms in OpenMetrics 1.0.0, byte for byte as prometheus-client.
+
+    prometheus-client 0.26 checks and escapes every name of every line it writes, about 16 µs
+    a line: 5 to 10 ms for the data part of a large organization, rendered after every poll
+    under the interpreter lock, which the scrapes of that moment wait for. The data part's
+    names are ours, fixed and plain (the tests hold this output to prometheus-client's): its
+    lines are written directly, in about 3 µs each.
+    """
+    output = []
+    for family in families:
+        output.append(f"# HELP {family.name} {_escaped(family.documentation)}\n")
+        output.append(f"# TYPE {family.name} {family.type}\n")
+        output.extend(_sample_lines(family))
+    output.append("# EOF\n")
+    return "".join(output).encode()
+
+
+def _plain_text(families: Iterable[Metric]) -> bytes:
+    """Write the same families in the Prometheus text format, as prometheus-client does.
+
+    A gauge histogram is written as a histogram, its `_gcount` and `_gsum` as gauges after it.
+    """
+    output = []
+    for family in families:
+        help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        if family.type == "gauge":
+            output.append(f"# HELP {family.name} {help_text}\n# TYPE {family.name} gauge\n")
+            output.extend(_sample_lines(family))
+            continue
+        output.append(f"# HELP {family.name} {help_text}\n# TYPE {family.name} histogram\n")
+        output.extend(_sample_lines(family, (f"{family.name}_bucket",)))
+        for suffix in ("_gcount", "_gsum"):
+            name = family.name + suffix
+            output.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
+            output.extend(_sample_lines(family, (name,)))
+    return "".join(output).encode()
+
+
+_PLAIN_TYPES = frozenset({"gauge", "gaugehistogram"})
+"""The types of the data part: any other goes through prometheus-client's encoder."""
+_PLAIN_ENCODERS: dict[str, Callable[[Iterable[Metric]], bytes]] = {
+    # Plain names are written alike whatever the escaping asked for.
+    "text/plain; version=0.0.4; charset=utf-8": _plain_text,
+    "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8": _plain_text,
+    "text/plain; version=1.0.0; charset=utf-8; escaping=underscores": _plain_text,
+    "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=allow-utf-8": (
+        _plain_openmetrics
+    ),
+    "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores": (
+        _plain_openmetrics
+    ),
+}
+"""The data part's encoders by the content type that `choose_encoder` names."""
