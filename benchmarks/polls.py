@@ -102,20 +102,19 @@ def samples(url: str) -> dict[str, float]:
     return found
 
 
-def polls_done(url: str) -> int:
-    """Polls the exporter has finished, whatever their outcome."""
-    return int(samples(url).get("magnet_exporter_polls_total", 0.0))
+def wait_until_ready(url: str, timeout: float) -> None:
+    """Wait until the exporter at `url` has polled successfully once; fail after `timeout` s.
 
-
-def wait_for_polls(url: str, count: int, timeout: float) -> None:
-    """Wait until `count` polls are done; fail after `timeout` seconds."""
+    Its `/-/ready` is asked twice a second: an answer costs the exporter far less than a
+    scrape, and the exporter's first poll, which runs in its own process, is being timed.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.TransportError):
-            if polls_done(url) >= count:
+            if httpx.get(f"{url}/-/ready", timeout=30).status_code == 200:
                 return
-        time.sleep(0.2)  # scrapes cost CPU too: not too often
-    raise BenchmarkError(f"{url}: fewer than {count} polls within {timeout:.0f} s")
+        time.sleep(0.5)
+    raise BenchmarkError(f"{url}: no successful poll within {timeout:.0f} s")
 
 
 def profile(
@@ -128,7 +127,8 @@ def profile(
     """
     api_port, port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{api_port}"
-    url = f"http://127.0.0.1:{port}/metrics"
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/metrics"
     api_command = ["-m", "benchmarks.api", "--body-file", str(body_file), "--port", str(api_port)]
     command = ["-m", "magnet_exporter", "--api-url", api_url, "--log-level", "warning"]
     command += ["--listen-address", f"127.0.0.1:{port}", "--poll-interval", str(INTERVAL)]
@@ -139,7 +139,7 @@ def profile(
         with child(command, workdir, child_env(MAGNET_API_KEY=API_KEY)) as exporter:
             sampler = MemorySampler(exporter.pid)
             with sampler.running() if memory else contextlib.nullcontext(sampler):
-                wait_for_polls(url, 1, timeout=120)
+                wait_until_ready(base, timeout=120)
                 first = samples(url)
                 cpu_before = tree_cpu_seconds(exporter.pid)
                 # The next polls come every INTERVAL s from the first: wake between two polls.

@@ -576,3 +576,18 @@ def test_a_timestamp_that_is_not_finite_is_not_a_timestamp(field: str, value: An
     assert dict(snapshot.invalid) == {f"sessions.{field}": 1}
     assert snapshot.last_created is not None
     assert math.isfinite(snapshot.last_created)
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["clean", "a bad value"])
+def test_the_decoded_sessions_can_be_left_to_the_caller_to_free(bad: bool) -> None:
+    document = realistic(300)
+    if bad:  # the tolerant reader decodes session by session
+        document["sessions"][7]["createdAt"] = "yesterday"
+    raw = json.dumps(document).encode()
+    parser = SnapshotParser(LABELS)
+    discard: list[object] = []
+    kept = parser.parse(raw, NOW, discard)
+    assert kept == parser.parse(raw, NOW)
+    (sessions,) = discard
+    assert isinstance(sessions, list)
+    assert len(sessions) == len(document["sessions"])

@@ -586,10 +586,14 @@ class SnapshotParser:
         self._duration_at = kept(self.label_names, DURATION_LABELS)
         self._idle_at = kept(self.label_names, IDLE_LABELS)
 
-    def parse(self, body: bytes | bytearray, now: float) -> Snapshot:
+    def parse(
+        self, body: bytes | bytearray, now: float, discard: list[object] | None = None
+    ) -> Snapshot:
         """Read a body and aggregate it as of `now` (Unix time) in one pass.
 
-        Raises `PollError` only when the body cannot be used as a whole.
+        Raises `PollError` only when the body cannot be used as a whole. With `discard`, the
+        decoded sessions go there instead of being freed here, for the caller to free once
+        the snapshot is on its way: freeing 100,000 sessions takes 30 ms.
         """
         invalid = _Invalid()
         try:
@@ -607,6 +611,8 @@ class SnapshotParser:
             reduced = _one_pass(self._grouping, sessions, moment, self.idle_listing)
         last_created = _newest(map(attrgetter("createdAt"), sessions))
         last_updated = _newest(map(attrgetter("updatedAt"), sessions))
+        if discard is not None:
+            discard.append(sessions)
         del sessions  # per-session objects are not kept past this point
         return self._snapshot(reduced, stats, last_created, last_updated, invalid)
 

@@ -91,11 +91,17 @@ class InProcessSource:
         self._parser = SnapshotParser(label_names, idle_listing)
         self._clock = clock
 
-    def fetch(self, deadline: float) -> Fetched:
-        """Request, then parse as of the answer's end; a parse failure keeps the status code."""
+    def fetch(self, deadline: float, discard: list[object] | None = None) -> Fetched:
+        """Request, then parse as of the answer's end; a parse failure keeps the status code.
+
+        With `discard`, the body and the decoded sessions go there, for the caller to free
+        once the answer is on its way.
+        """
         answer = self._client.fetch(deadline)
+        if discard is not None:
+            discard.append(answer.body)
         try:
-            snapshot = self._parser.parse(answer.body, self._clock())
+            snapshot = self._parser.parse(answer.body, self._clock(), discard)
             return Fetched(answer.status_code, snapshot, len(answer.body), answer.received_bytes)
         except PollError as error:
             error.status_code = answer.status_code
@@ -506,14 +512,19 @@ def _serve(connection: Connection) -> None:
                 source = sources[request.organization_id] = InProcessSource(
                     client, config.label_names, clock, config.idle_listing
                 )
+            garbage: list[object] = []
             try:
-                reply: Fetched | _Failure = source.fetch(time.monotonic() + request.seconds_left)
+                reply: Fetched | _Failure = source.fetch(
+                    time.monotonic() + request.seconds_left, garbage
+                )
             except PollError as error:
                 reply = _Failure.of(error)
             try:
                 connection.send(reply)
             except OSError:  # the exporter stopped waiting (it replaces a slow worker)
                 return
+            # Freed while the exporter takes the snapshot in, not before it has it.
+            garbage.clear()
 
 
 def main(argv: Sequence[str]) -> None:
