@@ -4,7 +4,8 @@ The data families (stats and sessions: most of the bytes) change only when a pol
 data or data turns stale, so they are rendered, and gzipped, once per version of the data and
 content type. The live registry (process metrics, the poll counters, `magnet_up`) is rendered
 on every scrape and appended. Format negotiation, `name[]` and the answers to other methods
-are prometheus-client's own.
+are prometheus-client's own; the data part is written here, byte for byte as
+prometheus-client writes it, in the formats Prometheus asks for (`_plain_openmetrics`).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def _plain_openmetrics(families: Iterable[Metric]) -> bytes:
     a line: 5 to 10 ms for the data part of a large organization, rendered after every poll
     under the interpreter lock, which the scrapes of that moment wait for. The data part's
     names are ours, fixed and plain (the tests hold this output to prometheus-client's): its
-    lines are written directly, in about 3 µs each.
+    lines are written directly, in about 6 µs each.
     """
     output = []
     for family in families:
