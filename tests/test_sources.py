@@ -321,6 +321,26 @@ def test_workers_do_not_outlive_a_killed_exporter(tmp_path: Path) -> None:
     assert "Traceback" not in log.read_text()
 
 
+def test_a_worker_whose_exporter_dies_during_a_poll_exits_without_a_word(
+    simulator: DemoApiServer, tmp_path: Path
+) -> None:
+    body = simulator.sessions_body(DEFAULT_ORGANIZATION)
+    simulator.fault = Fault(200, body, delay=1.0)  # the worker waits for the answer
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "magnet_exporter", f"--api-url={simulator.url}"]
+    command += [f"--listen-address={address}", "--worker-threshold-bytes=0"]
+    log = tmp_path / "exporter.log"
+    env = exporter_env(MAGNET_API_KEY=SECRET_KEY)
+    with background_process(command, log, f"http://{address}/-/healthy", env) as run:
+        wait_until(lambda: simulator.requests >= 1, "the worker has sent its request")
+        (worker_pid,) = children(run.pid)
+        run.kill()  # while the worker waits for the answer
+        run.wait()
+        assert gone(worker_pid, within=10.0)  # the answer came, and nobody to give it to
+    assert "Traceback" not in log.read_text()
+    assert "unexpected error" not in log.read_text()
+
+
 # --- where a poll runs: here while answers are small, in a worker once one was large ----------
 
 

@@ -100,8 +100,9 @@ class InProcessSource:
         answer = self._client.fetch(deadline)
         if discard is not None:
             discard.append(answer.body)
+        now = self._clock()  # a worker asks the exporter, which may be gone: not a parse error
         try:
-            snapshot = self._parser.parse(answer.body, self._clock(), discard)
+            snapshot = self._parser.parse(answer.body, now, discard)
             return Fetched(answer.status_code, snapshot, len(answer.body), answer.received_bytes)
         except PollError as error:
             error.status_code = answer.status_code
@@ -475,6 +476,10 @@ class _CurrentKey:
         return "_CurrentKey('**********')"  # never the key, as SecretStr
 
 
+class _ExporterGoneError(Exception):
+    """The exporter closed the connection while its request was being served."""
+
+
 class _ExporterClock:
     """The exporter's clock, asked over the connection."""
 
@@ -482,8 +487,11 @@ class _ExporterClock:
         self._connection = connection
 
     def __call__(self) -> float:
-        self._connection.send(_WhatTime())
-        now: float = self._connection.recv()
+        try:
+            self._connection.send(_WhatTime())
+            now: float = self._connection.recv()
+        except (EOFError, OSError):  # killed, or stopped waiting: nobody wants the answer
+            raise _ExporterGoneError from None
         return now
 
 
@@ -519,6 +527,8 @@ def _serve(connection: Connection) -> None:
                 )
             except PollError as error:
                 reply = _Failure.of(error)
+            except _ExporterGoneError:
+                return
             try:
                 connection.send(reply)
             except OSError:  # the exporter stopped waiting (it replaces a slow worker)
