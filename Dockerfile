@@ -12,7 +12,7 @@
 # Build stage: the project's own wheel, in /wheels; its dependencies come from the lock.
 FROM python:3.12.11-slim-bookworm AS builder
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

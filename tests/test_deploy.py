@@ -479,6 +479,8 @@ def test_image_install_path_builds_installs_and_serves_metrics(tmp_path: Path) -
         names = archive.namelist()
     stray = [n for n in names if not n.startswith(("magnet_exporter/", "magnet_exporter-"))]
     assert not stray, f"the wheel carries more than the package: {stray}"
+    # hatchling leaves out a license file it cannot find, without a word: COPY it.
+    assert f"magnet_exporter-{package_version()}.dist-info/licenses/LICENSE" in names
     print(f"\nwheel {wheel.name}: {wheel.stat().st_size} bytes")
 
     # Runtime stage: another fresh interpreter; the RUNs with the lock (from the build

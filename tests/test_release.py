@@ -328,7 +328,7 @@ def test_sdist_holds_what_a_rebuild_needs_and_wheel_the_package(built: Built) ->
         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     }
     # .gitignore: hatchling always adds it, so that a rebuild leaves out what git ignores.
-    expected = {"PKG-INFO", "pyproject.toml", "README.md", ".gitignore", *sources}
+    expected = {"PKG-INFO", "pyproject.toml", "README.md", "LICENSE", ".gitignore", *sources}
     assert names == expected, (
         f"the sdist holds more: {sorted(names - expected)}; lacks: {sorted(expected - names)}"
     )
@@ -342,12 +342,14 @@ def test_sdist_holds_what_a_rebuild_needs_and_wheel_the_package(built: Built) ->
     stray = [n for n in wheel_names if not n.startswith(("magnet_exporter/", "magnet_exporter-"))]
     assert not stray, f"the wheel carries more than the package: {stray}"
     assert {f"magnet_exporter/{Path(s).name}" for s in sources} <= set(wheel_names)
+    assert f"magnet_exporter-{version}.dist-info/licenses/LICENSE" in wheel_names
     assert "magnet-exporter = magnet_exporter.cli:main" in entry_points.decode()
 
     for meta in (sdist_metadata, wheel_metadata):
         assert meta["Name"] == "magnet-exporter"
         assert meta["Version"] == version
         assert meta["License-Expression"] == project()["license"]
+        assert meta.get_all("License-File") == ["LICENSE"]
         assert meta["Description-Content-Type"] == "text/markdown"
         runtime = {
             str(Requirement(r)) for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r
