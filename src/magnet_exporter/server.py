@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from email.utils import formatdate
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -43,9 +43,6 @@ from magnet_exporter.collector import States
 from magnet_exporter.exposition import Exposition, VersionedCollector
 from magnet_exporter.poller import PollState
 from magnet_exporter.webconfig import BasicAuth, WebConfig
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("magnet_exporter.server")
 
