@@ -153,17 +153,27 @@ def run_poller_until(poller: Poller, done: Callable[[], bool], timeout: float) -
     assert not loop.is_alive()
 
 
+def demo_exporter_command(address: str) -> list[str]:
+    """The command of `magnet-exporter --demo` listening on `address` (host:port)."""
+    return [sys.executable, "-m", "magnet_exporter", "--demo", f"--listen-address={address}"]
+
+
+def prometheus_command(binary: str, config: Path, data: Path, address: str) -> list[str]:
+    """The command of a Prometheus server: its config file, data directory and address."""
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data}",
+        f"--web.listen-address={address}",
+        "--log.level=warn",
+    ]
+
+
 @pytest.fixture
 def demo_exporter(tmp_path: Path) -> Iterator[str]:
     """Run `magnet-exporter --demo` in a subprocess on a free port; yield its base URL."""
     base_url = f"http://127.0.0.1:{free_port()}"
-    command = [
-        sys.executable,
-        "-m",
-        "magnet_exporter",
-        "--demo",
-        f"--listen-address={base_url.removeprefix('http://')}",
-    ]
+    command = demo_exporter_command(base_url.removeprefix("http://"))
     with background_process(
         command, tmp_path / "exporter.log", f"{base_url}/-/ready", env=exporter_env()
     ):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import background_process, exporter_env, free_port
+from conftest import (
+    background_process,
+    demo_exporter_command,
+    exporter_env,
+    free_port,
+    prometheus_command,
+)
 
 from magnet_exporter.demo import DEFAULT_ORGANIZATION, SimulatedMagnet
 
@@ -163,20 +168,13 @@ def stack(tmp_path: Path, webhook: Webhook) -> Iterator[None]:
         )
     )
     prometheus_address = f"127.0.0.1:{free_port()}"
-    prometheus = [
+    prometheus = prometheus_command(
         str(shutil.which("prometheus")),
-        f"--config.file={prometheus_config}",
-        f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
-        f"--web.listen-address={prometheus_address}",
-        "--log.level=warn",
-    ]
-    exporter = [
-        sys.executable,
-        "-m",
-        "magnet_exporter",
-        "--demo",
-        f"--listen-address={exporter_address}",
-    ]
+        prometheus_config,
+        tmp_path / "prometheus-data",
+        prometheus_address,
+    )
+    exporter = demo_exporter_command(exporter_address)
     with (
         background_process(
             alertmanager, tmp_path / "alertmanager.log", f"http://{alertmanager_address}/-/ready"

@@ -687,18 +687,19 @@ def test_compose_mounts_exist_and_prometheus_scrapes_the_exporter_as_job_magnet(
     assert targets == [f"{EXPORTER_ALIAS}:{EXPORTER_PORT}"]
 
 
-def test_prometheus_config_is_valid_for_promtool() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus; .ci/run installs it)")
+def checked_by(tool: str, package: str, *arguments: str) -> None:
+    """Run a checker of the Debian package `package` on a file; skip if it is not installed."""
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed (Debian package {package}; .ci/run installs it)")
     result = subprocess.run(
-        [promtool, "check", "config", str(PROMETHEUS_CONFIG)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [path, *arguments], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_config_is_valid_for_promtool() -> None:
+    checked_by("promtool", "prometheus", "check", "config", str(PROMETHEUS_CONFIG))
 
 
 def test_compose_alertmanager_reads_the_shipped_config_and_prometheus_sends_to_it() -> None:
@@ -714,22 +715,8 @@ def test_compose_alertmanager_reads_the_shipped_config_and_prometheus_sends_to_i
     assert targets == [f"alertmanager:{container_port}"]
 
 
-def amtool() -> str:
-    path = shutil.which("amtool")
-    if path is None:
-        pytest.skip("amtool is not installed (Debian package prometheus-alertmanager)")
-    return path
-
-
 def test_alertmanager_config_is_valid_for_amtool_and_groups_by_alertname_and_organization() -> None:
-    result = subprocess.run(
-        [amtool(), "check-config", str(ALERTMANAGER_CONFIG)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    checked_by("amtool", "prometheus-alertmanager", "check-config", str(ALERTMANAGER_CONFIG))
     config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
     route = config["route"]
     assert route["group_by"] == ["alertname", "organization"]

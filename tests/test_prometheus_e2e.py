@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import background_process, exporter_env, free_port
+from conftest import (
+    background_process,
+    demo_exporter_command,
+    exporter_env,
+    free_port,
+    prometheus_command,
+)
 from test_dashboard import EMPTY_BY_NATURE, Query, dashboard_queries, load_dashboard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,21 +75,11 @@ def prometheus(tmp_path: Path) -> Iterator[str]:
     base_url = f"http://127.0.0.1:{free_port()}"
     binary = shutil.which("prometheus")
     assert binary is not None
-    command = [
-        binary,
-        f"--config.file={config_file}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address={base_url.removeprefix('http://')}",
-        "--log.level=warn",
-    ]
+    command = prometheus_command(
+        binary, config_file, tmp_path / "data", base_url.removeprefix("http://")
+    )
     log_path = tmp_path / "prometheus.log"
-    exporter = [
-        sys.executable,
-        "-m",
-        "magnet_exporter",
-        "--demo",
-        f"--listen-address={exporter_address}",
-    ]
+    exporter = demo_exporter_command(exporter_address)
     with background_process(command, log_path, f"{base_url}/-/ready") as process:
         time.sleep(EXPORTER_START_DELAY_SECONDS)
         with background_process(
